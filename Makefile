@@ -1,0 +1,54 @@
+# Two commands do everything on a fresh machine: `make book` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PROFILE ?= default
+export SALIENCY_SANITY_CACHE ?= $(CURDIR)/.cache
+# pip on this kind of machine prints one warning per missing local index entry; keep logs readable
+PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: all install data book test test-fast smoke bench clean distclean
+
+all: book
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip $(PIP_QUIET)
+	$(PY) -m pip install -q -e ".[all]" $(PIP_QUIET)
+	$(PY) -c "import saliency_sanity, torch, torchvision, papermill, captum, zennit, pytorch_grad_cam"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Fashion-MNIST: Debian's package when we are root with apt, otherwise torchvision downloads it.
+data: install
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -z "$$FASHION_MNIST_DIR" ] \
+	    && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) \
+	    || echo "apt could not install dataset-fashion-mnist; falling back to torchvision's download"; \
+	fi
+	$(PY) -c "from saliency_sanity.data import find_fashion_mnist; print('Fashion-MNIST:', find_fashion_mnist())"
+
+book: data
+	$(PY) -m saliency_sanity reproduce --profile $(PROFILE)
+	@echo "The book is at book/_build/html/index.html"
+
+smoke: data
+	$(PY) -m saliency_sanity reproduce --profile smoke
+
+test: data
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) benchmarks/methods.py
+
+clean:
+	rm -rf book/_build book/generated
+
+distclean: clean
+	rm -rf $(VENV) .cache
