@@ -155,11 +155,10 @@ def synthetic(n: int = 64, *, classes: int = 10, size: int = 28, channels: int =
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % classes
     x = 0.1 * torch.rand(n, channels, size, size, generator=gen)
-    side = max(2, size // 4)
+    side = max(1, size // 5)
     for i, c in enumerate(labels.tolist()):
-        r, col = divmod(c, 4)
-        r0, c0 = (r * side) % (size - side), (col * side) % (size - side)
-        x[i, :, r0:r0 + side, c0:c0 + side] += 0.8
+        r, col = divmod(c % 16, 4)  # up to 16 distinct positions on a 4x4 grid
+        x[i, :, r * side:(r + 1) * side, col * side:(col + 1) * side] += 0.8
     return ImageSet(x.clamp_(0, 1), labels, tuple(f"class {c}" for c in range(classes)))
 
 

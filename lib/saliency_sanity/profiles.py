@@ -1,7 +1,7 @@
 """Run profiles: how much work every notebook does. Defined once here, read by notebooks and the CLI."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile("smoke", n_train=2_000, epochs=1, seeds=(0, 1), n_images=8, ig_steps=8,
+    "smoke": Profile("smoke", n_train=3_000, epochs=2, seeds=(0, 1), n_images=8, ig_steps=8,
                      smoothgrad_samples=4),
     "default": Profile("default", n_train=None, epochs=4, seeds=(0, 1, 2, 3, 4), n_images=100,
                        ig_steps=32, smoothgrad_samples=16),
@@ -33,7 +33,35 @@ PROFILES = {
 }
 
 
-def get_profile(name: str) -> Profile:
+def get_profile(name: str, **overrides) -> Profile:
+    """The profile called ``name`` with notebook parameters that are not None overriding its fields.
+
+    Overrides are type-checked, because papermill passes whatever the user typed (``-p epochs two``).
+    """
     if not isinstance(name, str) or name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {list(PROFILES)}")
-    return PROFILES[name]
+    base = PROFILES[name]
+    changes = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in base.__dataclass_fields__ or key == "name":
+            raise ValueError(f"unknown profile parameter {key!r}; valid: {sorted(set(base.__dataclass_fields__) - {'name'})}")
+        default = getattr(base, key)
+        if isinstance(default, tuple):
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = tuple(range(value))
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise TypeError(f"parameter {key} must be a list of integers (or a count), got {value!r}")
+            value = tuple(value)
+            if key == "seeds" and len(value) == 0:
+                raise ValueError("parameter seeds must name at least one seed")
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise TypeError(f"parameter {key} must be a string, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"parameter {key} must be an integer, got {value!r} ({type(value).__name__})")
+        elif value < 1:
+            raise ValueError(f"parameter {key} must be >= 1, got {value}")
+        changes[key] = value
+    return replace(base, **changes) if changes else base

@@ -30,7 +30,7 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 4
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     n_train: int | None = None
     permute_labels: bool = False  # data randomization test (Adebayo et al. 2018, Sec. 5)
@@ -174,3 +174,18 @@ def _one_epoch(model, opt, images, labels, config: TrainConfig, epoch: int, devi
 
 def with_seed(config: TrainConfig, seed: int) -> TrainConfig:
     return replace(config, seed=seed)
+
+
+def train_profile_models(profile, *, archs=None, seeds=None, progress: bool = True,
+                         **config_overrides) -> list[TrainedModel]:
+    """Train (or load) every architecture x seed a :class:`~saliency_sanity.profiles.Profile` asks for."""
+    from .data import load_fashion_mnist
+
+    train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+    runs = []
+    for arch in archs or profile.archs:
+        for seed in seeds if seeds is not None else profile.seeds[:1]:
+            config = TrainConfig(arch=arch, seed=seed, epochs=profile.epochs, n_train=profile.n_train,
+                                 **config_overrides)
+            runs.append(train_model(config, train, test, device=profile.device, progress=progress))
+    return runs
