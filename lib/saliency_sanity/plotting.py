@@ -58,3 +58,123 @@ def image_grid(images, titles=None, ncols: int = 10, cmap: str = "gray") -> plt.
                 ax.set_title(titles[i], fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _show_map(ax, m, *, signed: bool | None = None):
+    """Signed maps on a diverging colormap centred at 0, non-negative maps on a sequential one;
+    the colour range is the 99th percentile of |map| so one extreme pixel does not wash it out."""
+    m = m.detach().float().cpu()
+    signed = bool((m < 0).any()) if signed is None else signed
+    scale = float(m.abs().flatten().quantile(0.99)) or float(m.abs().max()) or 1.0
+    if signed:
+        return ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-scale, vmax=scale)
+    return ax.imshow(m.numpy(), cmap="magma", vmin=0, vmax=scale)
+
+
+def map_grid(images, maps: dict, *, row_labels=None, max_rows: int = 10, cell: float = 1.25) -> plt.Figure:
+    """Images in the first column, one column per method; rows are images.
+
+    ``maps`` maps a column title to a tensor [N, H, W]. Signed maps use a diverging colormap
+    (red positive, blue negative), non-negative maps a sequential one.
+    """
+    images = images.squeeze(1) if images.dim() == 4 and images.shape[1] == 1 else images
+    n = min(len(images), max_rows)
+    cols = ["input", *maps]
+    fig, axes = plt.subplots(n, len(cols), figsize=(cell * len(cols), cell * n), squeeze=False)
+    for r in range(n):
+        for c, title in enumerate(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if title == "input":
+                img = images[r].detach().cpu()
+                ax.imshow(img.permute(1, 2, 0).numpy() if img.dim() == 3 else img.numpy(), cmap="gray")
+                if row_labels is not None:
+                    ax.set_ylabel(str(row_labels[r]), fontsize=8)
+            else:
+                _show_map(ax, maps[title][r])
+            if r == 0:
+                ax.set_title(title, fontsize=8, rotation=30, ha="left", va="bottom")
+    fig.subplots_adjust(wspace=0.04, hspace=0.04)
+    return fig
+
+
+def similarity_curves(frame: pd.DataFrame, *, x: str = "stage", hue: str = "label", col: str = "metric",
+                      row: str | None = None, xticklabels=None) -> sns.FacetGrid:
+    """Mean similarity to the original map per stage with 95 % bootstrap confidence bands."""
+    grid = sns.relplot(frame, x=x, y="value", hue=hue, col=col, row=row, kind="line", marker="o",
+                       errorbar=("ci", 95), n_boot=200, seed=0, height=2.8, aspect=1.15,
+                       facet_kws={"sharey": False})
+    for ax in grid.axes.flat:
+        ax.axhline(0, color="0.5", lw=0.8, ls=":")
+        if xticklabels is not None:
+            ax.set_xticks(range(len(xticklabels)))
+            ax.set_xticklabels(xticklabels, rotation=60, ha="right", fontsize=7)
+    grid.set_axis_labels("randomized up to layer" if xticklabels is not None else x, "similarity to original")
+    return grid
+
+
+def similarity_boxes(frame: pd.DataFrame, *, x: str = "label", hue: str = "pair", col: str = "metric",
+                     col_wrap: int = 2) -> sns.FacetGrid:
+    """Distribution of similarity per method (box plots), one panel per metric."""
+    grid = sns.catplot(frame, x=x, y="value", hue=hue, col=col, col_wrap=col_wrap, kind="box",
+                       height=3.0, aspect=1.6, fliersize=1.5, sharey=False)
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", rotation=60)
+        ax.axhline(0, color="0.5", lw=0.8, ls=":")
+    grid.set_axis_labels("", "similarity")
+    return grid
+
+
+def methods_by_column(image, columns: dict, *, cell: float = 1.1) -> plt.Figure:
+    """One image: rows are methods, columns are conditions (stages, explained classes, seeds).
+
+    ``columns`` maps a column title to ``{method label: map [H, W]}``; every column has the same
+    methods. The input image is drawn at the top of the first column.
+    """
+    titles = list(columns)
+    methods = list(next(iter(columns.values())))
+    fig, axes = plt.subplots(len(methods) + 1, len(titles), figsize=(cell * len(titles), cell * (len(methods) + 1)),
+                             squeeze=False)
+    img = image.detach().cpu().squeeze()
+    for c, title in enumerate(titles):
+        for r in range(len(methods) + 1):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.imshow(img.permute(1, 2, 0).numpy() if img.dim() == 3 else img.numpy(), cmap="gray")
+                ax.set_title(title, fontsize=7, rotation=30, ha="left", va="bottom")
+                if c == 0:
+                    ax.set_ylabel("input", fontsize=7)
+            else:
+                _show_map(ax, columns[title][methods[r - 1]])
+                if c == 0:
+                    ax.set_ylabel(methods[r - 1], fontsize=7, rotation=0, ha="right", va="center")
+    fig.subplots_adjust(wspace=0.03, hspace=0.03)
+    return fig
+
+
+HANDLING_PALETTE = {"signed propagation": "#1b9e77", "positive propagation": "#d95f02",
+                    "signed aggregation": "#7570b3", "positive aggregation": "#e7298a",
+                    "absolute aggregation": "#a6761d", "other": "0.5"}
+
+
+def positive_handling_scatter(summary: pd.DataFrame, *, threshold: float = 0.5) -> plt.Figure:
+    """Similarity after full randomization (x) vs similarity between top-1 and least-likely class
+    maps (y), one point per method and model, coloured by its handling of gradients. Methods in the
+    lower-left quadrant pass both sanity checks."""
+    wide = summary.pivot_table(index=["arch", "label", "handling"], columns="test", values="mean").reset_index()
+    class_col = next(c for c in wide.columns if str(c).startswith("class"))
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    sns.scatterplot(wide, x="randomization", y=class_col, hue="handling", style="arch", s=70,
+                    palette=HANDLING_PALETTE, ax=ax)
+    for label, x, y in zip(wide["label"], wide["randomization"], wide[class_col]):
+        ax.annotate(label, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.axvline(threshold, color="0.4", ls="--", lw=0.8)
+    ax.axhline(threshold, color="0.4", ls="--", lw=0.8)
+    ax.set(xlabel="similarity to the original map after randomizing every layer",
+           ylabel="similarity of top-1 and least-likely class maps", xlim=(-0.3, 1.05), ylim=(-0.3, 1.05))
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,65 @@
+"""What every notebook needs first: the profile, the trained models, test images, a figure saver.
+
+Keeps the notebooks short: ``ch = Chapter.open(profile, figures_dir)`` replaces the same ten lines
+of set-up in each of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from . import plotting
+from .data import ImageSet, load_fashion_mnist
+from .profiles import Profile, get_profile
+from .training import TrainedModel, resolve_device, train_profile_models
+
+
+@dataclass
+class Chapter:
+    profile: Profile
+    figures_dir: Path
+    seed: int = 0
+    saved: list = field(default_factory=list)
+
+    @classmethod
+    def open(cls, profile: str, figures_dir: str | Path = "book/figures", **overrides) -> "Chapter":
+        """Resolve the profile with the notebook's parameters (None = profile default)."""
+        return cls(get_profile(profile, **overrides), Path(figures_dir))
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.profile.device)
+
+    @cached_property
+    def runs(self) -> dict[str, TrainedModel]:
+        """The trained model of each architecture (first seed), loaded from the cache if present."""
+        runs = train_profile_models(self.profile, seeds=self.profile.seeds[:1])
+        return {run.config.arch: run for run in runs}
+
+    @property
+    def models(self) -> dict[str, torch.nn.Module]:
+        return {arch: run.model.to(self.device).eval() for arch, run in self.runs.items()}
+
+    @cached_property
+    def test(self) -> ImageSet:
+        return load_fashion_mnist("test")
+
+    def images(self, n: int | None = None) -> ImageSet:
+        """``n`` (default: the profile's ``n_images``) seeded test images."""
+        return self.test.subset(n or self.profile.n_images, seed=self.seed)
+
+    def one_per_class(self) -> ImageSet:
+        return self.test.subset(per_class=1, seed=self.seed)
+
+    def save(self, fig, name: str) -> None:
+        """Save a figure under its stable name (PNG + SVG) in the book's figures folder."""
+        fig = getattr(fig, "figure", fig)  # seaborn grids carry their matplotlib figure
+        self.saved += plotting.save_figure(fig, name, self.figures_dir)
+
+    def method_options(self) -> dict:
+        """Per-method options the profile sets (sample and step counts)."""
+        return {"integrated_gradients": {"steps": self.profile.ig_steps},
+                "smoothgrad": {"n_samples": self.profile.smoothgrad_samples}}
