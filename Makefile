@@ -9,7 +9,7 @@ export SALIENCY_SANITY_CACHE ?= $(CURDIR)/.cache
 # pip on this kind of machine prints one warning per missing local index entry; keep logs readable
 PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: all install data book test test-fast smoke bench clean distclean
+.PHONY: all install data browser book test test-fast smoke bench clean distclean
 
 all: book
 
@@ -38,7 +38,13 @@ book: data
 smoke: data
 	$(PY) -m saliency_sanity reproduce --profile smoke
 
-test: data
+# Debian's chromium for the browser test of the built site (root with apt only).
+browser:
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null); \
+	fi
+
+test: data browser
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -1,4 +1,9 @@
 """Shared fixtures: small seeded models and images, and an isolated cache folder per test."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,3 +29,18 @@ def project_model(request):
 def images():
     gen = torch.Generator().manual_seed(0)
     return torch.rand(3, 1, 28, 28, generator=gen)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def smoke_site(tmp_path_factory):
+    """The whole pipeline once per session: every notebook under the smoke profile, then the book."""
+    site = tmp_path_factory.mktemp("smoke") / "site"
+    env = {**os.environ, "SALIENCY_SANITY_CACHE": str(site.parent / "cache")}
+    result = subprocess.run([sys.executable, "-m", "saliency_sanity", "reproduce", "--profile", "smoke",
+                             "--root", str(ROOT), "--site", str(site)], capture_output=True, text=True,
+                            timeout=1800, env=env)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return site

@@ -1,6 +1,4 @@
 """The whole pipeline once: papermill runs every notebook (smoke profile) and Jupyter Book builds."""
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -18,20 +16,27 @@ def test_source_notebooks_have_parameters_and_no_outputs():
 
 
 @pytest.mark.slow
-def test_reproduce_smoke_builds_the_book_with_figures(tmp_path):
-    site = tmp_path / "site"
-    result = subprocess.run([sys.executable, "-m", "saliency_sanity", "reproduce", "--profile", "smoke",
-                             "--root", str(ROOT), "--site", str(site)], capture_output=True, text=True,
-                            timeout=1800)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    html = site / "book" / "_build" / "html"
+def test_reproduce_smoke_builds_the_book_with_figures(smoke_site):
+    html = smoke_site / "book" / "_build" / "html"
     assert (html / "index.html").is_file()
     models = (html / "book" / "models.html").read_text()
     assert "models_training.png" in models and "Figure 1" in models
     assert (html / "_images" / "models_training.png").is_file()
-    executed = nbformat.read(site / "book" / "generated" / "00_models.ipynb", as_version=4)
+    executed = nbformat.read(smoke_site / "book" / "generated" / "00_models.ipynb", as_version=4)
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in executed.cells if c.cell_type == "code" for o in c.outputs)
-    assert (site / "book" / "figures" / "models_training.svg").is_file()
+    assert (smoke_site / "book" / "figures" / "models_training.svg").is_file()
     # the executed notebook is rendered as a page with its figure
     assert "<img" in (html / "book" / "generated" / "00_models.html").read_text()
+    # no partial notebook is left behind
+    assert not list((smoke_site / "book" / "generated").glob("*.partial.ipynb"))
+
+
+@pytest.mark.slow
+def test_every_toc_notebook_was_executed(smoke_site):
+    from saliency_sanity.reproduce import toc_notebooks
+
+    for name in toc_notebooks(ROOT):
+        nb = nbformat.read(smoke_site / "book" / "generated" / name, as_version=4)
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
+        assert not errors, f"{name}: {errors[:1]}"
