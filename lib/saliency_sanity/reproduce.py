@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .profiles import get_profile
 
-BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "notebooks")
 GENERATED = Path("book/generated")
 FIGURES = Path("book/figures")
 
@@ -90,7 +90,37 @@ def execute_notebooks(root: Path, site: Path, profile: str, only: list[str] | No
         finally:
             partial.unlink(missing_ok=True)
         timings[name] = time.perf_counter() - tic
+        _record_timing(site, profile, name, timings[name])
     return timings
+
+
+TIMINGS = GENERATED / "timings.json"
+
+
+def _record_timing(site: Path, profile: str, name: str, seconds: float) -> None:
+    """Keep the wall time of each notebook (per profile) for the reproducibility chapter."""
+    import json
+
+    from .cache import atomic_write_json
+
+    path = site / TIMINGS
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.setdefault(profile, {})[name] = round(seconds, 1)
+    atomic_write_json(data, path)
+
+
+def notebook_parameters(root: Path | None = None) -> "pandas.DataFrame":
+    """Every notebook's papermill parameters with their defaults and comments, as a table."""
+    import pandas as pd
+    import papermill
+
+    root = find_root(root)
+    rows = []
+    for name in toc_notebooks(root):
+        for param in papermill.inspect_notebook(str(root / "notebooks" / name)).values():
+            rows.append({"notebook": Path(name).stem, "parameter": param["name"], "default": param["default"],
+                         "meaning": param.get("help", "")})
+    return pd.DataFrame(rows)
 
 
 def build_book(site: Path, warnings_as_errors: bool = True) -> Path:
