@@ -4,7 +4,7 @@ Methods behind one call (:func:`attribute`), the sanity checks of Adebayo et al.
 Khakzar et al. (2020), completeness/soundness of Gupta et al. (2022) and stability across
 retraining seeds (after Datta et al. 2023).
 """
-from .methods import METHODS, attribute, resolve_targets
+from .methods import METHODS, attribute, attribute_many, resolve_targets
 
 __version__ = "0.1.0"
-__all__ = ["METHODS", "attribute", "resolve_targets", "__version__"]
+__all__ = ["METHODS", "attribute", "attribute_many", "resolve_targets", "__version__"]

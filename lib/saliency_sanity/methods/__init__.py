@@ -51,5 +51,7 @@ def attribute(model: nn.Module, x: torch.Tensor, target="top1", method: str = "g
     return maps
 
 
-__all__ = ["METHODS", "MethodSpec", "REDUCTIONS", "TARGET_NAMES", "attribute", "get_method",
+from .many import attribute_many  # noqa: E402
+
+__all__ = ["METHODS", "attribute_many", "MethodSpec", "REDUCTIONS", "TARGET_NAMES", "attribute", "get_method",
            "reduce_channels", "register", "resolve_targets"]

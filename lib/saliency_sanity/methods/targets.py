@@ -30,14 +30,20 @@ def resolve_targets(logits: torch.Tensor, target: TargetSpec, seed: int = 0) -> 
             return (logits.argmax(dim=1) + offset) % classes
         raise ValueError(f"unknown target {target!r}; use a class index, a LongTensor[B], "
                          f"or one of {list(TARGET_NAMES)}")
+    return check_in_range(as_index_tensor(target, batch, logits.device), classes)
+
+
+def as_index_tensor(target, batch: int, device=None) -> torch.Tensor:
+    """An explicit target (int, list, tensor) as a LongTensor[batch]; the class range is checked
+    separately (:func:`check_in_range`) once the number of classes is known."""
     if isinstance(target, bool):
         raise TypeError("target must be a class index, a LongTensor[B] or a name, not a bool")
     if isinstance(target, int):
-        t = torch.full((batch,), target, dtype=torch.long, device=logits.device)
+        t = torch.full((batch,), target, dtype=torch.long, device=device)
     elif isinstance(target, (list, tuple)):
-        t = torch.as_tensor(target, device=logits.device)
+        t = torch.as_tensor(target, device=device)
     elif isinstance(target, torch.Tensor):
-        t = target.to(logits.device)
+        t = target.to(device) if device is not None else target
     else:
         raise TypeError(f"target must be a class index, a LongTensor[B] or one of {list(TARGET_NAMES)}, "
                         f"got {type(target).__name__}")
@@ -47,8 +53,12 @@ def resolve_targets(logits: torch.Tensor, target: TargetSpec, seed: int = 0) -> 
         t = t.expand(batch)
     if t.shape != (batch,):
         raise ValueError(f"target must have shape [B] = [{batch}], got {tuple(t.shape)}")
-    if (t < 0).any() or (t >= classes).any():
-        bad = t[(t < 0) | (t >= classes)][0].item()
-        raise ValueError(f"target {bad} is out of range for a model with {classes} classes "
-                         f"(valid: 0..{classes - 1})")
     return t.long()
+
+
+def check_in_range(t: torch.Tensor, classes: int) -> torch.Tensor:
+    bad = (t < 0) | (t >= classes)
+    if bad.any():
+        raise ValueError(f"target {t[bad][0].item()} is out of range for a model with {classes} classes "
+                         f"(valid: 0..{classes - 1})")
+    return t

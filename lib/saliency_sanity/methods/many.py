@@ -1,0 +1,90 @@
+"""Several methods at once, with every shared-pass method read off ONE forward/backward pass."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .._validation import check_images, check_model
+from ..guard import preserved
+from .cam import _check_cam_layer, fullgrad_from, gradcam_from, gradcam_pp_from, handle
+from .gradients import _target_at, gradient_from, input_x_gradient_from
+from .registry import get_method
+from .shared_pass import biased_layers, run_pass
+
+
+def _requests(methods: Iterable) -> list[tuple[str, str, dict]]:
+    out = []
+    for m in methods:
+        if isinstance(m, str):
+            out.append((m, m, {}))
+        elif isinstance(m, (tuple, list)) and len(m) == 3 and isinstance(m[2], dict):
+            out.append((str(m[0]), m[1], dict(m[2])))
+        else:
+            raise TypeError(f"cannot read method request {m!r}; use a method name or (label, name, options)")
+        get_method(out[-1][1])
+    labels = [r[0] for r in out]
+    if len(set(labels)) != len(labels) or "target" in labels:
+        raise ValueError(f"method labels must be unique and not 'target', got {labels}")
+    return out
+
+
+def _reduce(maps: torch.Tensor, reduce: str | None) -> torch.Tensor:
+    from . import reduce_channels
+
+    return reduce_channels(maps, reduce)
+
+
+def attribute_many(model: nn.Module, x: torch.Tensor, target="top1", methods: Iterable = ("gradient",), *,
+                   reduce: str | None = "sum", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Maps of several methods for the same images and targets, as ``{label: map}``.
+
+    ``methods`` are names or ``(label, name, options)`` tuples, so one method can appear with
+    several options (e.g. ``("gradcam/positive", "gradcam", {"aggregation": "positive"})``).
+    Gradient, Input x Gradient, Grad-CAM, Grad-CAM++ and FullGrad are read off one shared pass
+    (the union of their layers); the other methods run their own passes. The resolved targets
+    are returned under the key ``"target"``. Equal to calling :func:`attribute` per method.
+    """
+    check_model(model)
+    check_images(x)
+    requests = _requests(methods)
+    out: dict[str, torch.Tensor] = {}
+    with preserved(model):
+        shared = [(lab, name, {**get_method(name).defaults, **opts}) for lab, name, opts in requests
+                  if get_method(name).shared_pass]
+        layers: list[str] = []
+        for _, name, opts in shared:
+            unknown = set(opts) - {"layer", "aggregation", "relu"}
+            if unknown:
+                raise TypeError(f"{name} got unexpected option(s) {sorted(unknown)}")
+            if "aggregation" in opts:
+                handle(torch.zeros(1), opts["aggregation"])
+            if name in ("gradcam", "gradcam_pp"):
+                opts["layer"] = _check_cam_layer(model, opts.get("layer"))
+                layers.append(opts["layer"])
+            elif name == "fullgrad":
+                layers += biased_layers(model)
+        if shared:
+            record = run_pass(model, x, target, seed=seed, layers=layers)
+            resolved = record.target
+            readers = {
+                "gradient": lambda o: _reduce(gradient_from(record), reduce),
+                "input_x_gradient": lambda o: _reduce(input_x_gradient_from(record), reduce),
+                "gradcam": lambda o: gradcam_from(record, o["layer"], o["aggregation"], o.get("relu", True)),
+                "gradcam_pp": lambda o: gradcam_pp_from(record, o["layer"], o["aggregation"], o.get("relu", True)),
+                "fullgrad": lambda o: fullgrad_from(record, model, o["aggregation"]),
+            }
+            for lab, name, opts in shared:
+                out[lab] = readers[name](opts)
+        else:
+            resolved = _target_at(model, x, target, seed)
+        for lab, name, opts in requests:
+            if lab in out:
+                continue
+            spec = get_method(name)
+            maps = spec.fn(model, x, resolved, seed=seed, **{**spec.defaults, **opts})
+            out[lab] = _reduce(maps, reduce) if spec.kind == "pixel" else maps
+    out = {lab: out[lab] for lab, _, _ in requests}
+    out["target"] = resolved
+    return out
