@@ -40,6 +40,13 @@ class VGGNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+class Add(nn.Module):
+    """A residual sum as a module, so that LRP can split relevance between the summands."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block (He et al. 2016): two 3x3 conv-BN, identity or 1x1 projection skip."""
 
@@ -54,12 +61,13 @@ class BasicBlock(nn.Module):
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(OrderedDict([
                 ("conv", nn.Conv2d(cin, cout, 1, stride, bias=False)), ("bn", nn.BatchNorm2d(cout))]))
+        self.add = Add()
         self.relu2 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
+        return self.relu2(self.add(out, self.shortcut(x)))
 
 
 class SmallResNet(nn.Module):

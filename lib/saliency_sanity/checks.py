@@ -1,0 +1,263 @@
+"""The sanity checks: model-parameter randomization and class sensitivity, as tidy DataFrames.
+
+Randomization test: Adebayo et al. (2018), Sec. 3-4 (cascading / independent re-initialisation,
+maps compared to the original model's by Spearman (abs, signed), SSIM and HOG). Class sensitivity:
+Khakzar et al. (2020), Sec. 4 (top-1 vs least likely class) and the random-logit test of Sixt et
+al. (2020). Every row is one image x method x stage (or class pair) x metric.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._validation import check_choice, check_images, check_model
+from .guard import preserved
+from .methods import get_method
+from .methods.many import attribute_many
+from .methods.targets import resolve_targets
+from .randomization import randomized
+from .similarity import SIMILARITY_METRICS, similarity_table
+
+DEFAULT_METRICS = ("spearman_abs", "spearman", "ssim", "hog")
+EXPLAIN_CHOICES = ("current_top1", "original_top1", "label")
+COLUMNS = ["method", "variant", "stage", "layer", "image", "target", "metric", "value"]
+
+MethodRequest = tuple[str, str, dict]
+
+# Every method of the paper with its handling of gradients (Khakzar et al. 2020, Sec. 3): label,
+# registry name, options, handling. The original methods are the rows without a "/variant" label
+# suffix, except the aggregation variants that Khakzar et al. introduce to isolate the cause.
+PAPER_METHODS: tuple[tuple[str, str, dict, str], ...] = (
+    ("gradient", "gradient", {}, "signed propagation"),
+    ("input_x_gradient", "input_x_gradient", {}, "signed propagation"),
+    ("smoothgrad", "smoothgrad", {}, "signed propagation"),
+    ("integrated_gradients", "integrated_gradients", {}, "signed propagation"),
+    ("deconvnet", "deconvnet", {}, "signed propagation"),
+    ("guided_backprop", "guided_backprop", {}, "positive propagation"),
+    ("rectgrad", "rectgrad", {}, "positive propagation"),
+    ("lrp_epsilon", "lrp_epsilon", {}, "signed propagation"),
+    ("lrp_alpha2_beta1", "lrp_alpha_beta", {"alpha": 2.0, "beta": 1.0}, "signed propagation"),
+    ("lrp_alpha1_beta0", "lrp_alpha_beta", {"alpha": 1.0, "beta": 0.0}, "positive propagation"),
+    ("lrp_zplus", "lrp_zplus", {}, "positive propagation"),
+    ("gradcam", "gradcam", {"aggregation": "signed"}, "signed aggregation"),
+    ("gradcam/positive", "gradcam", {"aggregation": "positive"}, "positive aggregation"),
+    ("gradcam/absolute", "gradcam", {"aggregation": "absolute"}, "absolute aggregation"),
+    ("gradcam_pp/signed", "gradcam_pp", {"aggregation": "signed"}, "signed aggregation"),
+    ("gradcam_pp", "gradcam_pp", {"aggregation": "positive"}, "positive aggregation"),
+    ("gradcam_pp/absolute", "gradcam_pp", {"aggregation": "absolute"}, "absolute aggregation"),
+    ("fullgrad/signed", "fullgrad", {"aggregation": "signed"}, "signed aggregation"),
+    ("fullgrad/positive", "fullgrad", {"aggregation": "positive"}, "positive aggregation"),
+    ("fullgrad", "fullgrad", {"aggregation": "absolute"}, "absolute aggregation"),
+)
+
+
+def paper_methods(labels: Sequence[str] | None = None, **per_method_options) -> list[MethodRequest]:
+    """The :data:`PAPER_METHODS` requests (all, or those ``labels``), with extra options per registry
+    name, e.g. ``paper_methods(integrated_gradients={"steps": 16})``."""
+    known = {row[0]: row for row in PAPER_METHODS}
+    if labels is not None:
+        unknown = [lab for lab in labels if lab not in known]
+        if unknown:
+            raise ValueError(f"unknown method label(s) {unknown}; choose from {list(known)}")
+    rows = [known[lab] for lab in labels] if labels is not None else list(PAPER_METHODS)
+    return [(lab, name, {**opts, **per_method_options.get(name, {})}) for lab, name, opts, _ in rows]
+
+
+def handling(label: str) -> str:
+    """The gradient handling class of a :data:`PAPER_METHODS` label."""
+    return {row[0]: row[3] for row in PAPER_METHODS}.get(label, "other")
+
+
+def method_requests(methods: Iterable) -> list[MethodRequest]:
+    """Normalise method requests to ``(label, name, options)``.
+
+    Accepts ``"gradcam"``, ``"gradcam/positive"`` (short for ``aggregation="positive"``),
+    ``("label", "name", {options})`` and ``("name", {options})``.
+    """
+    out: list[MethodRequest] = []
+    for m in methods:
+        if isinstance(m, str):
+            name, _, aggregation = m.partition("/")
+            options = {"aggregation": aggregation} if aggregation else {}
+            out.append((m, name, options))
+        elif isinstance(m, tuple) and len(m) == 3:
+            out.append((str(m[0]), m[1], dict(m[2])))
+        elif isinstance(m, tuple) and len(m) == 2:
+            out.append((f"{m[0]}" + "".join(f"/{v}" for v in m[1].values()), m[0], dict(m[1])))
+        else:
+            raise TypeError(f"cannot read method request {m!r}; use 'name', 'name/aggregation' or "
+                            "(label, name, options)")
+        get_method(out[-1][1])
+    labels = [r[0] for r in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"method labels must be unique, got {labels}")
+    if not out:
+        raise ValueError("pass at least one method")
+    return out
+
+
+def _variant(name: str, options: dict) -> str:
+    spec = get_method(name)
+    aggregation = options.get("aggregation", spec.defaults.get("aggregation"))
+    extra = {k: v for k, v in options.items() if k != "aggregation"}
+    text = aggregation or "default"
+    return text + "".join(f", {k}={v}" for k, v in sorted(extra.items()))
+
+
+def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    for m in metrics:
+        check_choice(m, SIMILARITY_METRICS, "metric")
+    return tuple(metrics)
+
+
+def _rows(frame_parts: list, label_to_method: dict, sims: dict, *, stage, layer, images, targets,
+          label) -> None:
+    name, variant = label_to_method[label]
+    for metric, values in sims.items():
+        frame_parts.append(pd.DataFrame({
+            "method": name, "variant": variant, "label": label, "stage": stage, "layer": layer,
+            "image": images, "target": targets, "metric": metric, "value": values.detach().cpu().double().numpy()}))
+
+
+def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, mode: str = "cascading",
+                       order: str = "top_down", unit: str = "layer", metrics: Sequence[str] = DEFAULT_METRICS,
+                       explain: str = "current_top1", labels: torch.Tensor | None = None,
+                       init: str = "truncated_normal", std: float = 0.01, seed: int = 0,
+                       batch_size: int = 64, image_ids: Sequence[int] | None = None,
+                       stages: Sequence[int] | None = None, progress: bool = True,
+                       **randomization_options) -> pd.DataFrame:
+    """Similarity of each method's map under progressive (or independent) re-initialisation to its
+    map on the original model (Adebayo et al. 2018, Sec. 4; Khakzar et al. 2020, Sec. 4).
+
+    ``explain`` picks the explained class at every stage: ``"current_top1"`` (argmax of the
+    randomized model, as in Adebayo et al.'s code), ``"original_top1"`` (the trained model's top-1,
+    fixed), or ``"label"`` (the true ``labels``). Stage 0 is the original model (similarity 1 by
+    definition, kept as the curve's anchor). ``stages`` evaluates only those stage indices
+    (negative counts from the end, e.g. ``[0, -1]``: original and fully randomized); the weights
+    still pass through every stage. Methods that share a forward/backward pass are computed
+    together at every stage.
+    """
+    check_model(model)
+    check_images(x)
+    requests = method_requests(methods)
+    metrics = _check_metrics(metrics)
+    check_choice(explain, EXPLAIN_CHOICES, "explain")
+    if explain == "label" and (labels is None or len(labels) != len(x)):
+        raise ValueError("explain='label' needs labels: a LongTensor with one class per image")
+    ids = list(image_ids) if image_ids is not None else list(range(len(x)))
+    label_to_method = {lab: (name, _variant(name, opts)) for lab, name, opts in requests}
+    device = next(model.parameters()).device
+    parts: list[pd.DataFrame] = []
+    with preserved(model):
+        with torch.no_grad():
+            fixed = (torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+                                for i in range(0, len(x), batch_size)])
+                     if explain == "original_top1" else labels)
+        reference: dict[str, list[torch.Tensor]] = {}
+        with randomized(model, mode=mode, order=order, unit=unit, init=init, std=std, seed=seed,
+                        example_input=x[:1].to(device), **randomization_options) as stage_iter:
+            n_stages = len(stage_iter)
+            wanted = set(range(n_stages)) if stages is None else {s % n_stages for s in stages} | {0}
+            bar = tqdm(total=len(wanted) * len(range(0, len(x), batch_size)), disable=not progress,
+                       desc=f"randomization ({mode}, {order})")
+            for stage in stage_iter:
+                if stage.index not in wanted:
+                    continue
+                layer = ",".join(stage.layers) if stage.index else "original"
+                for start in range(0, len(x), batch_size):
+                    xb = x[start:start + batch_size].to(device)
+                    target = "top1" if explain == "current_top1" else fixed[start:start + batch_size]
+                    maps = attribute_many(model, xb, target, requests, reduce=None, seed=seed)
+                    chunk = start // batch_size
+                    for lab in label_to_method:
+                        if stage.index == 0:
+                            reference.setdefault(lab, []).append(maps[lab])
+                        sims = similarity_table(reference[lab][chunk], maps[lab], metrics)
+                        _rows(parts, label_to_method, sims, stage=stage.index, layer=layer,
+                              images=ids[start:start + len(xb)], targets=maps["target"].cpu().numpy(),
+                              label=lab)
+                    bar.update(1)
+            bar.close()
+    frame = pd.concat(parts, ignore_index=True)
+    frame["mode"], frame["order"] = mode, order
+    return frame
+
+
+CLASS_PAIRS = (("top1", "bottom1"), ("top1", "random"))
+
+
+def class_sensitivity(model: nn.Module, x: torch.Tensor, methods: Iterable, *,
+                      pairs: Sequence[tuple] = CLASS_PAIRS, metrics: Sequence[str] = DEFAULT_METRICS,
+                      seed: int = 0, batch_size: int = 64, image_ids: Sequence[int] | None = None,
+                      progress: bool = True) -> pd.DataFrame:
+    """Similarity between maps of the same image for two different classes (Khakzar et al. 2020,
+    Sec. 4.2: top-1 vs least likely; Sixt et al. 2020: top-1 vs a random class).
+
+    A method that explains the output gives different maps for different classes: high similarity
+    is a failure. Targets in ``pairs`` are names (``"top1"``, ``"bottom1"``, ``"random"``) or
+    LongTensors with one class per image.
+    """
+    check_model(model)
+    check_images(x)
+    requests = method_requests(methods)
+    metrics = _check_metrics(metrics)
+    if not pairs:
+        raise ValueError("pass at least one pair of targets, e.g. [('top1', 'bottom1')]")
+    ids = list(image_ids) if image_ids is not None else list(range(len(x)))
+    label_to_method = {lab: (name, _variant(name, opts)) for lab, name, opts in requests}
+    device = next(model.parameters()).device
+    parts = []
+    bar = tqdm(total=len(pairs) * len(range(0, len(x), batch_size)), disable=not progress,
+               desc="class sensitivity")
+    cache: dict = {}
+    for a, b in pairs:
+        pair = f"{_target_name(a)} vs {_target_name(b)}"
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size].to(device)
+            out = []
+            for t in (a, b):
+                key = (t if isinstance(t, str) else id(t), start)
+                if key not in cache:  # top1 maps are shared by every pair
+                    tt = t[start:start + batch_size] if isinstance(t, torch.Tensor) else t
+                    cache[key] = attribute_many(model, xb, tt, requests, reduce=None, seed=seed)
+                out.append(cache[key])
+            for lab in label_to_method:
+                sims = similarity_table(out[0][lab], out[1][lab], metrics)
+                name, variant = label_to_method[lab]
+                for metric, values in sims.items():
+                    parts.append(pd.DataFrame({
+                        "method": name, "variant": variant, "label": lab, "pair": pair,
+                        "image": ids[start:start + len(xb)], "target_a": out[0]["target"].cpu().numpy(),
+                        "target_b": out[1]["target"].cpu().numpy(), "metric": metric,
+                        "value": values.detach().cpu().double().numpy()}))
+            bar.update(1)
+    bar.close()
+    return pd.concat(parts, ignore_index=True)
+
+
+def _target_name(t) -> str:
+    return t if isinstance(t, str) else "given"
+
+
+def positive_handling_summary(randomization: pd.DataFrame, sensitivity: pd.DataFrame, *,
+                              threshold: float = 0.5) -> pd.DataFrame:
+    """One row per method x test: mean and std similarity and pass/fail (Khakzar et al. 2020, Tab. 1).
+
+    ``randomization``: rows of :func:`randomization_test` (its last stage is used: every layer
+    randomized); ``sensitivity``: rows of :func:`class_sensitivity`. A method passes a test when
+    the mean similarity is below ``threshold``: its map changed with the model or with the class.
+    """
+    last = randomization[randomization.stage == randomization.stage.max()].assign(test="randomization")
+    parts = [last, *(g.assign(test=f"class: {pair}") for pair, g in sensitivity.groupby("pair"))]
+    both = pd.concat(parts, ignore_index=True)
+    out = both.groupby(["label", "method", "variant", "test", "metric"], sort=False).value.agg(
+        ["mean", "std", "count"]).reset_index()
+    out["passed"] = out["mean"] < threshold
+    out["cell"] = [f"{m:.2f} ± {s:.2f} {'✓' if p else '✗'}" for m, s, p in zip(out["mean"], out["std"], out["passed"])]
+    return out

@@ -1,0 +1,124 @@
+"""The sanity checks as tidy tables: structure, invariants and restoration of the model."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from saliency_sanity.checks import (PAPER_METHODS, class_sensitivity, method_requests, paper_methods,
+                                    positive_handling_summary, randomization_test)
+from saliency_sanity.models import build_model
+
+FAST = ["gradient", "guided_backprop", "gradcam", "gradcam/positive"]
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    return build_model("vgg", seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def x():
+    return torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def test_method_requests_parse_every_form():
+    reqs = method_requests(["gradient", "gradcam/positive", ("lrp_ab", "lrp_alpha_beta", {"alpha": 1.0, "beta": 0.0}),
+                            ("fullgrad", {"aggregation": "signed"})])
+    assert reqs[1] == ("gradcam/positive", "gradcam", {"aggregation": "positive"})
+    assert reqs[2][0] == "lrp_ab" and reqs[3] == ("fullgrad/signed", "fullgrad", {"aggregation": "signed"})
+    with pytest.raises(ValueError, match="unknown method 'gradiant'"):
+        method_requests(["gradiant"])
+    with pytest.raises(ValueError, match="unique"):
+        method_requests(["gradient", "gradient"])
+    with pytest.raises(TypeError, match="cannot read method request"):
+        method_requests([3])
+
+
+def test_paper_methods_cover_the_registry_families():
+    labels = [r[0] for r in paper_methods()]
+    assert len(labels) == len(PAPER_METHODS) == len(set(labels))
+    assert paper_methods(["integrated_gradients"], integrated_gradients={"steps": 4})[0][2] == {"steps": 4}
+    with pytest.raises(ValueError, match="unknown method label"):
+        paper_methods(["gradcam/sideways"])
+
+
+def test_cascading_randomization_table(vgg, x):
+    before = state(vgg)
+    frame = randomization_test(vgg, x, FAST, metrics=["spearman_abs", "ssim"], progress=False)
+    assert set(["method", "variant", "stage", "layer", "image", "target", "metric", "value"]) <= set(frame.columns)
+    n_stages = frame.stage.nunique()
+    assert n_stages == 6  # original + conv1..3, fc1, fc2
+    assert len(frame) == n_stages * len(FAST) * len(x) * 2
+    first = frame[frame.stage == 0]
+    assert first.value.dropna().sub(1).abs().max() < 1e-5  # a map is identical to itself
+    # the top layer is randomized first (top-down), and every parameter layer appears once
+    layers = frame.drop_duplicates("stage").sort_values("stage").layer.tolist()
+    assert layers[1].endswith("fc2") and layers[-1].endswith("conv1")
+    # gradient maps change once every layer is random
+    last = frame[(frame.stage == n_stages - 1) & (frame.method == "gradient") & (frame.metric == "spearman_abs")]
+    assert last.value.mean() < 0.9
+    assert all(torch.equal(v, before[k]) for k, v in vgg.state_dict().items())
+
+
+def test_selected_stages_and_fixed_target(vgg, x):
+    frame = randomization_test(vgg, x, ["gradient"], metrics=["spearman"], stages=[0, -1],
+                               explain="original_top1", progress=False)
+    assert sorted(frame.stage.unique()) == [0, 5]
+    with torch.no_grad():
+        top1 = vgg(x).argmax(1)
+    assert (frame.groupby("stage").target.apply(lambda t: list(t)).apply(lambda t: t == top1.tolist())).all()
+    with pytest.raises(ValueError, match="needs labels"):
+        randomization_test(vgg, x, ["gradient"], explain="label", progress=False)
+
+
+def test_model_restored_when_a_method_fails_midway(vgg, x, monkeypatch):
+    import saliency_sanity.checks as checks
+
+    before = state(vgg)
+    calls = {"n": 0}
+    real = checks.attribute_many
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checks, "attribute_many", flaky)
+    vgg.train()
+    with pytest.raises(RuntimeError, match="injected failure"):
+        randomization_test(vgg, x, ["gradient"], metrics=["spearman"], progress=False)
+    assert vgg.training
+    vgg.eval()
+    assert all(torch.equal(v, before[k]) for k, v in vgg.state_dict().items())
+
+
+def test_class_sensitivity_table(vgg, x):
+    frame = class_sensitivity(vgg, x, FAST, pairs=[("top1", "bottom1"), ("top1", "top1")], metrics=["spearman_abs"],
+                              progress=False)
+    same = frame[frame.pair == "top1 vs top1"]
+    assert (same.target_a == same.target_b).all() and same.value.sub(1).abs().max() < 1e-5
+    diff = frame[frame.pair == "top1 vs bottom1"]
+    assert (diff.target_a != diff.target_b).all()
+    with pytest.raises(ValueError, match="at least one pair"):
+        class_sensitivity(vgg, x, FAST, pairs=[], progress=False)
+
+
+def test_unknown_metric_is_rejected(vgg, x):
+    with pytest.raises(ValueError, match="unknown metric 'pearson'"):
+        randomization_test(vgg, x, ["gradient"], metrics=["pearson"], progress=False)
+
+
+def test_positive_handling_summary_marks_pass_and_fail():
+    rand = pd.DataFrame({"label": ["a", "a", "b", "b"], "method": ["a", "a", "b", "b"], "variant": "default",
+                         "stage": [0, 3, 0, 3], "metric": "spearman_abs", "value": [1.0, 0.1, 1.0, 0.9]})
+    cls = pd.DataFrame({"label": ["a", "b"], "method": ["a", "b"], "variant": "default", "pair": "top1 vs bottom1",
+                        "metric": "spearman_abs", "value": [0.2, 0.95]})
+    out = positive_handling_summary(rand, cls, threshold=0.5).set_index(["label", "test"])
+    assert out.loc[("a", "randomization"), "passed"] and not out.loc[("b", "randomization"), "passed"]
+    assert math.isclose(out.loc[("b", "class: top1 vs bottom1"), "mean"], 0.95)
