@@ -40,3 +40,17 @@ def test_every_toc_notebook_was_executed(smoke_site):
         nb = nbformat.read(smoke_site / "book" / "generated" / name, as_version=4)
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
         assert not errors, f"{name}: {errors[:1]}"
+
+
+@pytest.mark.slow
+def test_every_figure_the_chapters_cite_was_produced(smoke_site):
+    import re
+
+    cited = set()
+    for chapter in (ROOT / "book").glob("*.md"):
+        cited |= set(re.findall(r"figures/([\w.-]+\.png)", chapter.read_text()))
+    assert cited, "no chapter cites a figure"
+    produced = {p.name for p in (smoke_site / "book" / "figures").glob("*.png")}
+    assert cited <= produced, f"cited but not produced: {sorted(cited - produced)}"
+    for name in cited:  # every cited figure has a vector twin
+        assert (smoke_site / "book" / "figures" / name.replace(".png", ".svg")).is_file()

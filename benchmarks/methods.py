@@ -1,0 +1,149 @@
+"""Speed of every saliency method against its peer implementation, measured in one run.
+
+    python benchmarks/methods.py --model vgg --batch 32 [--device auto] [--repeats 5] [--csv out.csv]
+
+For each method: maps per second for ours and for the peer (Captum, Zennit, pytorch-grad-cam) on
+the same model, batch and device; the ratio (>1: ours faster); our cost in units of one plain
+forward+backward pass; and the shared pass of {gradient, input_x_gradient, gradcam, gradcam_pp,
+fullgrad} against one pass. Median of ``--repeats`` timings after one warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import pandas as pd
+import torch
+from torch import nn
+
+from saliency_sanity import attribute, attribute_many
+from saliency_sanity.models import build_model, default_cam_layer, get_layer, torchvision_model
+from saliency_sanity.training import resolve_device
+
+
+def timed(fn, device, repeats: int) -> float:
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+def no_inplace(model: nn.Module) -> nn.Module:
+    clone = copy.deepcopy(model)
+    for m in clone.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    return clone
+
+
+def peers(model: nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int) -> dict:
+    """method -> a callable computing the peer's maps for the same inputs and targets."""
+    from captum.attr import (Deconvolution, GuidedBackprop, InputXGradient, IntegratedGradients, LayerGradCam,
+                             NoiseTunnel, Saliency)
+    from pytorch_grad_cam import FullGrad, GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from zennit.attribution import Gradient
+    from zennit.composites import LayerMapComposite
+    from zennit.rules import AlphaBeta, Epsilon, Norm, Pass
+    from zennit.types import Activation, AvgPool
+
+    flat = no_inplace(model)  # Captum's and Zennit's hooks need ReLUs that are not in-place
+    layer = get_layer(model, default_cam_layer(model))
+    targets = [ClassifierOutputTarget(int(t)) for t in target]
+    one_hot = torch.eye(model(x[:1]).shape[1], device=x.device)[target]
+
+    def zennit(rule):
+        composite = LayerMapComposite([(Activation, Pass()), (AvgPool, Norm()), (nn.Conv2d, rule), (nn.Linear, rule)])
+
+        def run():
+            with Gradient(model=flat, composite=composite) as attributor:
+                return attributor(x, lambda out: one_hot * out)[1]
+        return run
+
+    def grad_cam(cls):
+        def run():
+            with cls(model=model, target_layers=[] if cls is FullGrad else [layer]) as cam:
+                return cam(input_tensor=x, targets=targets)
+        return run
+
+    xr = x.clone().requires_grad_(True)
+    out = {
+        "gradient": lambda: Saliency(model).attribute(xr, target=target, abs=False),
+        "input_x_gradient": lambda: InputXGradient(model).attribute(xr, target=target),
+        "smoothgrad": lambda: NoiseTunnel(Saliency(model)).attribute(xr, nt_type="smoothgrad", nt_samples=16,
+                                                                     stdevs=0.15, target=target, abs=False),
+        "integrated_gradients": lambda: IntegratedGradients(model).attribute(x, target=target, n_steps=steps),
+        "guided_backprop": lambda: GuidedBackprop(flat).attribute(xr, target=target),
+        "deconvnet": lambda: Deconvolution(flat).attribute(xr, target=target),
+        "gradcam": lambda: LayerGradCam(model, layer).attribute(x, target=target),
+        "gradcam_pp": grad_cam(GradCAMPlusPlus),
+        "fullgrad": grad_cam(FullGrad),
+    }
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):  # Zennit needs its canonizers for BN
+        out["lrp_epsilon"] = zennit(Epsilon(1e-6))
+        out["lrp_alpha_beta"] = zennit(AlphaBeta(2.0, 1.0))
+    return out
+
+
+SHARED = ["gradient", "input_x_gradient", "gradcam", "gradcam_pp", "fullgrad"]
+OURS_OPTIONS = {"integrated_gradients": {"steps": 32}, "smoothgrad": {"n_samples": 16}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vgg", choices=["vgg", "resnet", "vgg16", "resnet50"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--csv", default=None)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    if args.model in ("vgg", "resnet"):
+        model, shape = build_model(args.model, seed=0), (1, 28, 28)
+    else:
+        model, shape = torchvision_model(args.model), (3, 224, 224)
+    model = model.to(device).eval()
+    x = torch.rand(args.batch, *shape, device=device)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+
+    def plain_pass():
+        xi = x.clone().requires_grad_(True)
+        model(xi).gather(1, target[:, None]).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    one_pass = timed(plain_pass, device, args.repeats)
+    peer = peers(model, x, target, OURS_OPTIONS["integrated_gradients"]["steps"])
+    rows = []
+    names = ["gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "guided_backprop", "deconvnet",
+             "rectgrad", "lrp_epsilon", "lrp_alpha_beta", "lrp_zplus", "gradcam", "gradcam_pp", "fullgrad"]
+    for name in names:
+        ours = timed(lambda: attribute(model, x, target, name, **OURS_OPTIONS.get(name, {})), device, args.repeats)
+        theirs = timed(peer[name], device, args.repeats) if name in peer else float("nan")
+        rows.append({"method": name, "ours_maps_per_s": args.batch / ours, "peer_maps_per_s": args.batch / theirs,
+                     "speedup_vs_peer": theirs / ours, "cost_in_passes": ours / one_pass})
+    shared = timed(lambda: attribute_many(model, x, target, SHARED), device, args.repeats)
+    separate = sum(timed(lambda n=n: attribute(model, x, target, n), device, args.repeats) for n in SHARED)
+    rows.append({"method": "shared pass (5 methods)", "ours_maps_per_s": 5 * args.batch / shared,
+                 "peer_maps_per_s": 5 * args.batch / separate, "speedup_vs_peer": separate / shared,
+                 "cost_in_passes": shared / one_pass})
+    table = pd.DataFrame(rows)
+    print(f"model {args.model}, batch {args.batch}, device {device}, one forward+backward {1000 * one_pass:.1f} ms")
+    print("(shared pass row: 'peer' = our five methods called one by one)")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+
+
+if __name__ == "__main__":
+    main()
