@@ -115,7 +115,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, layer: 
     """Grad-CAM of ``layer`` (default: the model's CAM layer), [B, H, W] upsampled to the input."""
     handle(torch.zeros(1), aggregation)
     name = _check_cam_layer(model, layer)
-    return gradcam_from(run_pass(model, x, target, seed=seed, layers=[name]), name, aggregation, relu)
+    return gradcam_from(run_pass(model, x, target, seed=seed, layers=[name], input_grad=False), name, aggregation, relu)
 
 
 @register("gradcam_pp", kind="cam", family="cam", shared_pass=True, positive=True, aggregation="positive")
@@ -124,7 +124,8 @@ def gradcam_pp(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, laye
     """Grad-CAM++ of ``layer``, [B, H, W] upsampled to the input."""
     handle(torch.zeros(1), aggregation)
     name = _check_cam_layer(model, layer)
-    return gradcam_pp_from(run_pass(model, x, target, seed=seed, layers=[name]), name, aggregation, relu)
+    return gradcam_pp_from(run_pass(model, x, target, seed=seed, layers=[name], input_grad=False), name,
+                           aggregation, relu)
 
 
 @register("fullgrad", kind="cam", family="cam", shared_pass=True, positive=True, aggregation="absolute")

@@ -66,7 +66,8 @@ def attribute_many(model: nn.Module, x: torch.Tensor, target="top1", methods: It
             elif name == "fullgrad":
                 layers += biased_layers(model)
         if shared:
-            record = run_pass(model, x, target, seed=seed, layers=layers)
+            needs_input = any(name in ("gradient", "input_x_gradient", "fullgrad") for _, name, _ in shared)
+            record = run_pass(model, x, target, seed=seed, layers=layers, input_grad=needs_input)
             resolved = record.target
             readers = {
                 "gradient": lambda o: _reduce(gradient_from(record), reduce),

@@ -25,7 +25,7 @@ class PassRecord:
     x: torch.Tensor
     logits: torch.Tensor
     target: torch.Tensor
-    grad_x: torch.Tensor
+    grad_x: torch.Tensor | None
     activations: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     gradients: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
@@ -47,13 +47,16 @@ def effective_bias(module: nn.Module) -> torch.Tensor:
 
 
 def run_pass(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0,
-             layers: Iterable[str] = ()) -> PassRecord:
+             layers: Iterable[str] = (), input_grad: bool = True) -> PassRecord:
     """Forward ``x``, pick the target logit of each image, and back-propagate it once.
 
     Records the input gradient and, for every layer in ``layers``, its output and the gradient of
     the target logit with respect to it. Parameters get no gradients (their ``requires_grad`` is
-    switched off for the pass and restored after).
+    switched off for the pass and restored after). Without ``input_grad`` the backward pass stops
+    at the recorded layers (Grad-CAM alone needs nothing below its layer); ``grad_x`` is then None.
     """
+    if not input_grad and not layers:
+        raise ValueError("a pass without the input gradient must record at least one layer")
     layers = list(dict.fromkeys(layers))
     modules = {name: get_layer(model, name) for name in layers}
     captured: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
@@ -64,6 +67,8 @@ def run_pass(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0,
             if not isinstance(output, torch.Tensor):
                 raise ValueError(f"layer {name!r} returns {type(output).__name__}, not a tensor; "
                                  "choose a layer with a single tensor output")
+            if not output.requires_grad:  # nothing below needs a gradient: the graph starts here
+                output = output.detach().requires_grad_(True)
             captured[name].append(output)
             # Later in-place ops (ReLU(inplace=True)) then modify the clone, not the recorded tensor.
             return output.clone()
@@ -75,7 +80,7 @@ def run_pass(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0,
         try:
             for name, module in modules.items():
                 handles.append(module.register_forward_hook(make_hook(name)))
-            xg = x.detach().clone().requires_grad_(True)
+            xg = x.detach().clone().requires_grad_(input_grad)
             with torch.enable_grad():
                 logits = model(xg)
                 if logits.dim() != 2:
@@ -83,11 +88,14 @@ def run_pass(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0,
                 t = resolve_targets(logits.detach(), target, seed)
                 score = logits.gather(1, t[:, None]).sum()
                 recorded = [a for name in layers for a in captured[name]]
-                grads = torch.autograd.grad(score, [xg, *recorded], allow_unused=True)
+                wrt = [xg, *recorded] if input_grad else recorded
+                grads = torch.autograd.grad(score, wrt, allow_unused=True)
         finally:
             for h in handles:
                 h.remove()
-    grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, [xg, *recorded])]
+    grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, wrt)]
+    if not input_grad:
+        grads = [None, *grads]
     record = PassRecord(x=x.detach(), logits=logits.detach(), target=t, grad_x=grads[0])
     it = iter(grads[1:])
     for name in layers:
