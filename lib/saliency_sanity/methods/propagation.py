@@ -69,17 +69,28 @@ _PASS_THROUGH = (nn.ReLU, nn.Flatten, nn.Dropout, nn.Identity, nn.MaxPool2d, nn.
 _POOLS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 
 
-def _batchnorm_pairs(model: nn.Module, x: torch.Tensor) -> dict[nn.Module, nn.Module]:
-    """Map each BatchNorm2d to the Conv2d whose output it normalises (found by tracing one forward)."""
-    produced: dict[int, nn.Module] = {}
+def _trace(model: nn.Module, x: torch.Tensor) -> tuple[dict[nn.Module, nn.Module], nn.Module | None]:
+    """One traced forward: each BatchNorm2d mapped to the Conv2d whose output it normalises, and the
+    first Conv2d/Linear called."""
+    produced: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # the tensor is kept so its id stays unique
     pairs: dict[nn.Module, nn.Module] = {}
+    order: list[nn.Module] = []
+
+    def conv_out(mod, i, o):
+        produced[id(o)] = (mod, o)
+
+    def bn_in(mod, i):
+        if id(i[0]) in produced:
+            pairs[mod] = produced[id(i[0])][0]
+
     handles = []
     for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            handles.append(m.register_forward_pre_hook(lambda mod, i: order.append(mod) if not order else None))
         if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(lambda mod, i, o: produced.__setitem__(id(o), mod)))
+            handles.append(m.register_forward_hook(conv_out))
         elif isinstance(m, nn.BatchNorm2d):
-            handles.append(m.register_forward_pre_hook(
-                lambda mod, i: pairs.__setitem__(mod, produced[id(i[0])]) if id(i[0]) in produced else None))
+            handles.append(m.register_forward_pre_hook(bn_in))
     try:
         with torch.no_grad():
             model(x[:1])
@@ -89,7 +100,7 @@ def _batchnorm_pairs(model: nn.Module, x: torch.Tensor) -> dict[nn.Module, nn.Mo
     unmerged = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and m not in pairs]
     if unmerged:
         raise ValueError(f"LRP needs every BatchNorm2d directly after a Conv2d to merge them; not mergeable: {unmerged}")
-    return pairs
+    return pairs, (order[0] if order else None)
 
 
 def _merged(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,22 +114,13 @@ def _lrp_assignments(model: nn.Module, x: torch.Tensor, layer_rule, first_rule=N
     """The LRP composite: ``layer_rule(module, weight, bias)`` on Conv2d/Linear (BatchNorm merged into
     its convolution, which then passes relevance unchanged), the Norm rule on pooling and sums,
     gradient elsewhere. ``first_rule`` replaces the rule of the first layer in forward order."""
-    pairs = _batchnorm_pairs(model, x)
+    pairs, first = _trace(model, x)
     merged_into = {conv: bn for bn, conv in pairs.items()}
-    order: list[nn.Module] = []
-    handles = [m.register_forward_pre_hook(lambda mod, i: order.append(mod) if mod not in order else None)
-               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
     assignments = {}
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             weight, bias = _merged(m, merged_into[m]) if m in merged_into else (None, None)
-            make = first_rule if (first_rule is not None and order and m is order[0]) else layer_rule
+            make = first_rule if (first_rule is not None and m is first) else layer_rule
             assignments[m] = make(m, weight, bias)
         elif isinstance(m, nn.BatchNorm2d):
             assignments[m] = rules.lrp_pass
