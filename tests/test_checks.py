@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from saliency_sanity.checks import (PAPER_METHODS, class_sensitivity, method_requests, paper_methods,
+from saliency_sanity.checks import (PAPER_METHODS, class_sensitivity, data_randomization_test, method_requests,
+                                    paper_methods,
                                     positive_handling_summary, randomization_test)
 from saliency_sanity.models import build_model
 
@@ -122,3 +123,12 @@ def test_positive_handling_summary_marks_pass_and_fail():
     out = positive_handling_summary(rand, cls, threshold=0.5).set_index(["label", "test"])
     assert out.loc[("a", "randomization"), "passed"] and not out.loc[("b", "randomization"), "passed"]
     assert math.isclose(out.loc[("b", "class: top1 vs bottom1"), "mean"], 0.95)
+
+
+def test_data_randomization_compares_two_models(vgg, x):
+    same = data_randomization_test(vgg, vgg, x, ["gradient", "gradcam"], metrics=["spearman_abs"], progress=False)
+    assert len(same) == 2 * len(x) and same.value.sub(1).abs().max() < 1e-6
+    other = build_model("vgg", seed=5).eval()
+    diff = data_randomization_test(vgg, other, x, ["gradient"], metrics=["spearman"], progress=False)
+    assert diff.value.abs().mean() < 0.9
+    assert set(diff.columns) >= {"method", "variant", "image", "target_a", "target_b", "metric", "value"}

@@ -14,7 +14,7 @@ import torch
 from . import plotting
 from .data import ImageSet, load_fashion_mnist
 from .profiles import Profile, get_profile
-from .training import TrainedModel, resolve_device, train_profile_models
+from .training import TrainConfig, TrainedModel, resolve_device, train_model, train_profile_models
 
 
 @dataclass
@@ -38,6 +38,13 @@ class Chapter:
         """The trained model of each architecture (first seed), loaded from the cache if present."""
         runs = train_profile_models(self.profile, seeds=self.profile.seeds[:1])
         return {run.config.arch: run for run in runs}
+
+    def random_label_run(self, arch: str = "vgg") -> TrainedModel:
+        """The model of the data randomization test (Adebayo et al. 2018, Sec. 5): the same
+        architecture trained on a subset with permuted labels until it memorises them."""
+        config = TrainConfig(arch=arch, seed=self.profile.seeds[0], epochs=self.profile.permuted_epochs,
+                             n_train=self.profile.permuted_n_train, batch_size=64, permute_labels=True)
+        return train_model(config, load_fashion_mnist("train"), self.test, device=self.profile.device)
 
     @property
     def models(self) -> dict[str, torch.nn.Module]:

@@ -261,3 +261,34 @@ def positive_handling_summary(randomization: pd.DataFrame, sensitivity: pd.DataF
     out["passed"] = out["mean"] < threshold
     out["cell"] = [f"{m:.2f} ± {s:.2f} {'✓' if p else '✗'}" for m, s, p in zip(out["mean"], out["std"], out["passed"])]
     return out
+
+
+def data_randomization_test(model: nn.Module, random_label_model: nn.Module, x: torch.Tensor, methods: Iterable, *,
+                            metrics: Sequence[str] = DEFAULT_METRICS, seed: int = 0, batch_size: int = 64,
+                            image_ids: Sequence[int] | None = None, progress: bool = True) -> pd.DataFrame:
+    """Similarity between the maps of a model trained on the true labels and of one trained on
+    permuted labels (Adebayo et al. 2018, Sec. 5), each explaining its own top-1 class.
+
+    A map that explains the model must differ: the second model has learned nothing about the
+    relation between images and labels, only memorised them.
+    """
+    for m in (model, random_label_model):
+        check_model(m)
+    check_images(x)
+    requests = method_requests(methods)
+    metrics = _check_metrics(metrics)
+    ids = list(image_ids) if image_ids is not None else list(range(len(x)))
+    label_to_method = {lab: (name, _variant(name, opts)) for lab, name, opts in requests}
+    device = next(model.parameters()).device
+    parts = []
+    for start in tqdm(range(0, len(x), batch_size), disable=not progress, desc="data randomization"):
+        xb = x[start:start + batch_size].to(device)
+        a = attribute_many(model, xb, "top1", requests, reduce=None, seed=seed)
+        b = attribute_many(random_label_model, xb, "top1", requests, reduce=None, seed=seed)
+        for lab, (name, variant) in label_to_method.items():
+            for metric, values in similarity_table(a[lab], b[lab], metrics).items():
+                parts.append(pd.DataFrame({
+                    "method": name, "variant": variant, "label": lab, "image": ids[start:start + len(xb)],
+                    "target_a": a["target"].cpu().numpy(), "target_b": b["target"].cpu().numpy(),
+                    "metric": metric, "value": values.detach().cpu().double().numpy()}))
+    return pd.concat(parts, ignore_index=True)

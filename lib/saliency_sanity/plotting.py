@@ -115,12 +115,13 @@ def similarity_curves(frame: pd.DataFrame, *, x: str = "stage", hue: str = "labe
 
 
 def similarity_boxes(frame: pd.DataFrame, *, x: str = "label", hue: str = "pair", col: str = "metric",
-                     col_wrap: int = 2) -> sns.FacetGrid:
-    """Distribution of similarity per method (box plots), one panel per metric."""
+                     col_wrap: int = 2, dodge: bool = True) -> sns.FacetGrid:
+    """Distribution of similarity per method (box plots), one panel per metric. ``dodge=False``
+    when ``hue`` only colours the boxes (one hue per x value)."""
     grid = sns.catplot(frame, x=x, y="value", hue=hue, col=col, col_wrap=col_wrap, kind="box",
-                       height=3.0, aspect=1.6, fliersize=1.5, sharey=False)
+                       height=3.0, aspect=1.6, fliersize=1.5, sharey=False, dodge=dodge)
     for ax in grid.axes.flat:
-        ax.tick_params(axis="x", rotation=60)
+        plt.setp(ax.get_xticklabels(), rotation=60, ha="right", rotation_mode="anchor")
         ax.axhline(0, color="0.5", lw=0.8, ls=":")
     grid.set_axis_labels("", "similarity")
     return grid
