@@ -1,11 +1,17 @@
 """Speed of every saliency method against its peer implementation, measured in one run.
 
     python benchmarks/methods.py --model vgg --batch 32 [--device auto] [--repeats 5] [--csv out.csv]
+                                 [--methods gradient,gradcam,...]
 
 For each method: maps per second for ours and for the peer (Captum, Zennit, pytorch-grad-cam) on
 the same model, batch and device; the ratio (>1: ours faster); our cost in units of one plain
-forward+backward pass; and the shared pass of {gradient, input_x_gradient, gradcam, gradcam_pp,
-fullgrad} against one pass. Median of ``--repeats`` timings after one warm-up.
+forward pass + backward to the input (no weight gradients: the cheapest way to get dy_c/dx); and
+the shared pass of {gradient, input_x_gradient, gradcam, gradcam_pp, fullgrad} against one pass.
+Ours, the peer and the plain pass run round-robin, one warm-up each, then the median of
+``--repeats`` rounds, so that a busy machine slows all three alike.
+
+To add a method: register it in ``saliency_sanity``, add its name to ``names`` in :func:`main`
+and its peer callable (inputs, targets and model fixed) to the dict that :func:`peers` returns.
 """
 from __future__ import annotations
 
@@ -23,18 +29,23 @@ from saliency_sanity.models import build_model, default_cam_layer, get_layer, to
 from saliency_sanity.training import resolve_device
 
 
-def timed(fn, device, repeats: int) -> float:
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
+def timed(fns: dict, device, repeats: int) -> dict:
+    """Median seconds of each callable in ``fns``, run round-robin (one call of each per round,
+    after one warm-up call each) so that they share the same background load of the machine."""
+    def once(fn):
         tic = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
+        return time.perf_counter() - tic
+
+    for fn in fns.values():
+        once(fn)
+    times = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            times[key].append(once(fn))
+    return {key: statistics.median(v) for key, v in times.items()}
 
 
 def no_inplace(model: nn.Module) -> nn.Module:
@@ -105,6 +116,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--csv", default=None)
+    parser.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -118,27 +130,39 @@ def main() -> None:
         target = model(x).argmax(1)
 
     def plain_pass():
+        # the cheapest pass that yields an input gradient: no weight gradients are computed
         xi = x.clone().requires_grad_(True)
-        model(xi).gather(1, target[:, None]).sum().backward()
-        model.zero_grad(set_to_none=True)
+        torch.autograd.grad(model(xi).gather(1, target[:, None]).sum(), xi)
 
-    one_pass = timed(plain_pass, device, args.repeats)
     peer = peers(model, x, target, OURS_OPTIONS["integrated_gradients"]["steps"])
     rows = []
     names = ["gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "guided_backprop", "deconvnet",
              "rectgrad", "lrp_epsilon", "lrp_alpha_beta", "lrp_zplus", "gradcam", "gradcam_pp", "fullgrad"]
+    if args.methods:
+        unknown = set(args.methods.split(",")) - set(names)
+        if unknown:
+            parser.error(f"unknown method(s) {sorted(unknown)}; choose from {names}")
+        names = [n for n in names if n in args.methods.split(",")]
+    passes = []
     for name in names:
-        ours = timed(lambda: attribute(model, x, target, name, **OURS_OPTIONS.get(name, {})), device, args.repeats)
-        theirs = timed(peer[name], device, args.repeats) if name in peer else float("nan")
-        rows.append({"method": name, "ours_maps_per_s": args.batch / ours, "peer_maps_per_s": args.batch / theirs,
-                     "speedup_vs_peer": theirs / ours, "cost_in_passes": ours / one_pass})
-    shared = timed(lambda: attribute_many(model, x, target, SHARED), device, args.repeats)
-    separate = sum(timed(lambda n=n: attribute(model, x, target, n), device, args.repeats) for n in SHARED)
-    rows.append({"method": "shared pass (5 methods)", "ours_maps_per_s": 5 * args.batch / shared,
-                 "peer_maps_per_s": 5 * args.batch / separate, "speedup_vs_peer": separate / shared,
-                 "cost_in_passes": shared / one_pass})
+        fns = {"pass": plain_pass,
+               "ours": lambda name=name: attribute(model, x, target, name, **OURS_OPTIONS.get(name, {}))}
+        if name in peer:
+            fns["peer"] = peer[name]
+        t = timed(fns, device, args.repeats)
+        theirs = t.get("peer", float("nan"))
+        passes.append(t["pass"])
+        rows.append({"method": name, "ours_maps_per_s": args.batch / t["ours"], "peer_maps_per_s": args.batch / theirs,
+                     "speedup_vs_peer": theirs / t["ours"], "cost_in_passes": t["ours"] / t["pass"]})
+    t = timed({"pass": plain_pass, "shared": lambda: attribute_many(model, x, target, SHARED),
+               "separate": lambda: [attribute(model, x, target, n) for n in SHARED]}, device, args.repeats)
+    passes.append(t["pass"])
+    rows.append({"method": "shared pass (5 methods)", "ours_maps_per_s": 5 * args.batch / t["shared"],
+                 "peer_maps_per_s": 5 * args.batch / t["separate"], "speedup_vs_peer": t["separate"] / t["shared"],
+                 "cost_in_passes": t["shared"] / t["pass"]})
+    one_pass = statistics.median(passes)
     table = pd.DataFrame(rows)
-    print(f"model {args.model}, batch {args.batch}, device {device}, one forward+backward {1000 * one_pass:.1f} ms")
+    print(f"model {args.model}, batch {args.batch}, device {device}, one forward + input-gradient backward {1000 * one_pass:.1f} ms (median)")
     print("(shared pass row: 'peer' = our five methods called one by one)")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if args.csv:

@@ -1,7 +1,7 @@
 """Gradient-family methods against Captum (same model, float64, tolerance 1e-10 relative)."""
 import pytest
 import torch
-from captum.attr import InputXGradient, IntegratedGradients, Saliency
+from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 
 from saliency_sanity import attribute
 from saliency_sanity.methods.gradients import ig_nodes
@@ -33,15 +33,18 @@ def test_input_x_gradient_equals_captum(model64, x64):
     torch.testing.assert_close(ours, theirs, **TOL)
 
 
-@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_left", "riemann_middle", "riemann_right"])
+@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_left", "riemann_middle", "riemann_right",
+                                  "riemann_trapezoid"])
 def test_integrated_gradients_equals_captum(model64, x64, rule):
     """Captum builds Riemann nodes with float32 linspace (relative error ~1e-7); Gauss-Legendre in
     float64. Our trapezoid rule is the textbook one (weights sum to 1), Captum's halves the end
-    weights of 1/n (they sum to (n-1)/n), so the two are not compared."""
+    weights of 1/n (they sum to (n-1)/n): ours = Captum's * n / (n - 1)."""
     target = torch.tensor([1, 4, 7])
     ours = attribute(model64, x64, target, "integrated_gradients", reduce=None, steps=12, rule=rule,
                      internal_batch_size=7)
     theirs = IntegratedGradients(model64).attribute(x64, target=target, n_steps=12, method=rule)
+    if rule == "riemann_trapezoid":
+        theirs = theirs * 12 / 11
     tol = TOL if rule == "gausslegendre" else dict(rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(ours, theirs, **tol)
 
@@ -70,6 +73,32 @@ def test_smoothgrad_is_the_mean_gradient_over_the_same_noise(model64, x64):
     sal = Saliency(model64)
     expected = torch.stack([sal.attribute(x64 + sigma * eps[i], target=target, abs=False) for i in range(n)]).mean(0)
     torch.testing.assert_close(ours, expected, **TOL)
+
+
+def test_smoothgrad_equals_captum_noise_tunnel_with_the_same_noise(model64, monkeypatch):
+    """NoiseTunnel(Saliency) fed our noise: Captum draws torch.normal(0, sigma) for the inputs
+    repeated image-major ([B * n]); we hand it our draws [n, B] in that layout. Images span exactly
+    [0, 1], so our sigma = noise * range equals Captum's absolute stdev (0.25, exact in float32)."""
+    n, frac, seed = 4, 0.25, 3
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x[:, 0, 0, 0], x[:, 0, 0, 1] = 0.0, 1.0
+    eps = torch.randn((n, *x.shape), generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+    captum_layout = eps.transpose(0, 1).reshape(-1, *x.shape[1:])
+    drawn = []
+
+    def fake_normal(mean, std, *args, **kwargs):
+        assert std.shape == captum_layout.shape
+        drawn.append(1)
+        return std.to(captum_layout.dtype) * captum_layout
+
+    ours = attribute(model64, x, "top1", "smoothgrad", reduce=None, n_samples=n, noise=frac, seed=seed)
+    with torch.no_grad():
+        target = model64(x).argmax(1)
+    monkeypatch.setattr(torch, "normal", fake_normal)
+    theirs = NoiseTunnel(Saliency(model64)).attribute(x, nt_type="smoothgrad", nt_samples=n, stdevs=frac,
+                                                      target=target, abs=False)
+    assert drawn == [1]
+    torch.testing.assert_close(ours, theirs, **TOL)
 
 
 def test_smoothgrad_is_seeded():

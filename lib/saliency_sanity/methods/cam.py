@@ -4,14 +4,23 @@ Grad-CAM (Selvaraju et al. 2017, Eq. 1-2), Grad-CAM++ (Chattopadhay et al. 2018,
 closed form pytorch-grad-cam uses) and FullGrad (Srinivas & Fleuret 2019, Eq. 5-6, as
 pytorch-grad-cam implements it). Khakzar et al. (2020) blame the *positive* handling of gradients
 in Grad-CAM++ and FullGrad for their insensitivity to class and parameters; the ``aggregation``
-option makes each aggregator a family so that the claim can be tested directly:
+option makes each aggregator a family so that the claim can be tested directly. With
+h = identity (``"signed"``), ReLU (``"positive"``) or |.| (``"absolute"``), G = dy_c/dA the
+gradient of the target logit at the layer's output A [B, K, h, w], b the (effective) bias of a
+layer and x the input:
 
-* ``"signed"``: gradient terms enter as they are,
-* ``"positive"``: only ReLU(term) enters,
-* ``"absolute"``: |term| enters.
+* Grad-CAM:    alpha_k = mean_ij h(G_kij);  map = ReLU(sum_k alpha_k A_k)
+* Grad-CAM++:  a_kij = G_kij^2 / (2 G_kij^2 + sum_ij A_kij * G_kij^3);
+  alpha_k = sum_ij a_kij h(G_kij);  map = ReLU(sum_k alpha_k A_k)
+  (``relu=False`` drops the final ReLU of both)
+* FullGrad:    map = Psi(sum_c psi(h(x_c * dy_c/dx_c)) + sum_layers sum_k up(psi(h(b_k * G_k))))
+  psi = min-max to [0, 1] per image and channel (``"signed"``: division by max|.|, so that
+  negative evidence stays negative), up = bilinear resize to the input, Psi = the same scaling
+  of the whole map per image (pytorch-grad-cam's final scaling).
 
-The original methods are Grad-CAM = signed, Grad-CAM++ = positive, FullGrad = absolute. The
-paper's own variant formulas are not public; these are our explicit choice.
+The original methods are Grad-CAM = signed, Grad-CAM++ = positive, FullGrad = absolute (each
+method's default). The paper's own variant formulas are not public: the ones above are our
+explicit choice (h applied to the gradient terms, everything else unchanged).
 """
 from __future__ import annotations
 
@@ -85,9 +94,8 @@ def _scale(terms: torch.Tensor, aggregation: str) -> torch.Tensor:
 
 
 def fullgrad_from(record: PassRecord, model: nn.Module, aggregation: str = "absolute") -> torch.Tensor:
-    """FullGrad: psi(handle(x * dy/dx)) summed over channels plus, for every biased layer,
-    sum_k psi(handle(b_k * dy/dz_k)) upsampled (Srinivas & Fleuret Eq. 6, per-channel scaling as in
-    pytorch-grad-cam)."""
+    """FullGrad: Psi(sum_c psi(h(x_c * dy/dx_c)) + sum_layers sum_k up(psi(h(b_k * dy/dz_k))))
+    (Srinivas & Fleuret Eq. 6, with pytorch-grad-cam's per-channel psi and final scaling Psi)."""
     size = record.x.shape[-2:]
     total = _scale(handle(record.x * record.grad_x, aggregation), aggregation).sum(1)
     for name in biased_layers(model):
@@ -95,7 +103,7 @@ def fullgrad_from(record: PassRecord, model: nn.Module, aggregation: str = "abso
         for g in record.gradients[name]:
             terms = _scale(handle(bias.view(1, -1, 1, 1) * g, aggregation), aggregation)
             total = total + upsample_channels_sum(terms, size)
-    return total
+    return _scale(total.unsqueeze(1), aggregation).squeeze(1)
 
 
 def upsample_channels_sum(terms: torch.Tensor, size) -> torch.Tensor:

@@ -74,7 +74,8 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, n_sa
 
     The noise is N(0, sigma^2) with sigma = ``noise`` * (max(x_i) - min(x_i)) per image, drawn from a
     generator seeded by ``seed`` (on the CPU, so CPU and GPU runs use the same noise). The target is
-    resolved on the clean image.
+    resolved on the clean image. ``internal_batch_size`` bounds the number of noisy images per
+    forward pass (all of them in one pass by default).
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -122,7 +123,11 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target, *, seed: int
     (Sundararajan et al. 2017, Eq. 3), by a ``steps``-node quadrature ``rule``.
 
     ``baseline`` is a float or a tensor broadcastable to ``x`` (zeros by default). The sum of the
-    map approximates y_c(x) - y_c(x') (completeness).
+    map approximates y_c(x) - y_c(x') (completeness). ``rule`` takes Captum's names and default
+    (``"gausslegendre"``); the nodes and weights equal Captum's except for ``"riemann_trapezoid"``,
+    where we use the textbook rule (spacing 1/(steps-1), weights summing to 1) while Captum's
+    weights are ours times (steps-1)/steps. ``internal_batch_size`` bounds the number of path
+    points per forward pass.
     """
     base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
     try:

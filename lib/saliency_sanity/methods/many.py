@@ -1,6 +1,7 @@
 """Several methods at once, with every shared-pass method read off ONE forward/backward pass."""
 from __future__ import annotations
 
+import inspect
 from typing import Iterable
 
 import torch
@@ -14,50 +15,83 @@ from .registry import get_method
 from .shared_pass import biased_layers, run_pass
 
 
-def _requests(methods: Iterable) -> list[tuple[str, str, dict]]:
+def _requests(methods: Iterable, options: dict | None) -> list[tuple[str, str, dict]]:
+    """Normalise ``methods`` to (label, registry name, options) with ``options[name]`` merged under
+    each request's own options."""
+    if isinstance(methods, str):
+        methods = [methods]
+    options = {} if options is None else options
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise TypeError("options must map method names to option dicts, e.g. "
+                        "{'integrated_gradients': {'steps': 16}}")
     out = []
     for m in methods:
         if isinstance(m, str):
-            out.append((m, m, {}))
+            label, name, opts = m, m, {}
         elif isinstance(m, (tuple, list)) and len(m) == 3 and isinstance(m[2], dict):
-            out.append((str(m[0]), m[1], dict(m[2])))
+            label, name, opts = str(m[0]), m[1], dict(m[2])
         else:
             raise TypeError(f"cannot read method request {m!r}; use a method name or (label, name, options)")
-        get_method(out[-1][1])
+        get_method(name)
+        out.append((label, name, {**options.get(name, {}), **opts}))
     labels = [r[0] for r in out]
+    if not labels:
+        raise ValueError("methods is empty; name at least one method")
     if len(set(labels)) != len(labels) or "target" in labels:
         raise ValueError(f"method labels must be unique and not 'target', got {labels}")
+    unused = set(options) - {name for _, name, _ in out}
+    if unused:
+        raise ValueError(f"options given for method(s) {sorted(unused)} that are not requested")
     return out
 
 
+def _check_options(name: str, options: dict) -> None:
+    """Reject options the method function does not take, as calling it would."""
+    params = inspect.signature(get_method(name).fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # the method validates its own options
+    accepted = set(params) - {"model", "x", "target", "seed"}
+    unknown = set(options) - accepted
+    if unknown:
+        raise TypeError(f"{name} got unexpected option(s) {sorted(unknown)}; it takes {sorted(accepted)}")
+
+
 def _reduce(maps: torch.Tensor, reduce: str | None) -> torch.Tensor:
-    from . import reduce_channels
+    from . import reduce_channels  # the package imports this module: import at call time
 
     return reduce_channels(maps, reduce)
 
 
+REDUCTIONS = ("sum", "abs_sum", None)
+SHARED_READERS = ("gradient", "input_x_gradient", "gradcam", "gradcam_pp", "fullgrad")
+
+
 def attribute_many(model: nn.Module, x: torch.Tensor, target="top1", methods: Iterable = ("gradient",), *,
-                   reduce: str | None = "sum", seed: int = 0) -> dict[str, torch.Tensor]:
+                   reduce: str | None = "sum", seed: int = 0, options: dict | None = None) -> dict[str, torch.Tensor]:
     """Maps of several methods for the same images and targets, as ``{label: map}``.
 
     ``methods`` are names or ``(label, name, options)`` tuples, so one method can appear with
     several options (e.g. ``("gradcam/positive", "gradcam", {"aggregation": "positive"})``).
+    ``options`` maps a method name to options for every request of that method (a request's own
+    options win), e.g. ``{"integrated_gradients": {"steps": 16}}``.
     Gradient, Input x Gradient, Grad-CAM, Grad-CAM++ and FullGrad are read off one shared pass
     (the union of their layers); the other methods run their own passes. The resolved targets
     are returned under the key ``"target"``. Equal to calling :func:`attribute` per method.
     """
     check_model(model)
     check_images(x)
-    requests = _requests(methods)
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"unknown reduce {reduce!r}; choose 'sum', 'abs_sum' or None")
+    requests = _requests(methods, options)
+    for _, name, opts in requests:
+        _check_options(name, opts)
     out: dict[str, torch.Tensor] = {}
     with preserved(model):
+        # methods this module knows how to read off a PassRecord (see the readers below)
         shared = [(lab, name, {**get_method(name).defaults, **opts}) for lab, name, opts in requests
-                  if get_method(name).shared_pass]
+                  if name in SHARED_READERS]
         layers: list[str] = []
         for _, name, opts in shared:
-            unknown = set(opts) - {"layer", "aggregation", "relu"}
-            if unknown:
-                raise TypeError(f"{name} got unexpected option(s) {sorted(unknown)}")
             if "aggregation" in opts:
                 handle(torch.zeros(1), opts["aggregation"])
             if name in ("gradcam", "gradcam_pp"):
