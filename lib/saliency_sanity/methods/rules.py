@@ -1,19 +1,34 @@
 """Modified backward rules attached to modules by hooks, undone when the pass ends.
 
 The design follows Zennit (Anders et al. 2021): a *rule* replaces the backward pass of one module;
-a *composite* maps modules to rules. A pre-forward hook keeps the module's input (and hands the
-module a clone, so in-place ReLUs cannot overwrite it); a forward hook wraps the output in an
-autograd Function whose backward applies the rule. A module called several times keeps a stack of
-inputs, one per call.
+a *composite* (``propagation.py``) maps modules to rules. A pre-forward hook keeps the module's
+input and hands the module a clone, so an in-place ReLU cannot overwrite what the rule needs; a
+forward hook wraps the output in an autograd Function whose backward applies the rule instead of
+the module's own backward. A module called several times in one forward (a reused ReLU) keeps a
+stack of inputs, one per call, and each call gets its own Function node.
+
+A rule is ``rule(grad_output, *inputs) -> tuple of input gradients``. For LRP the "gradient" is
+relevance divided by nothing: the pass starts from the target logit's value, so what reaches the
+input is the relevance map itself.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+Rule = Callable[..., tuple]
+
+
+class Tracer(Protocol):
+    """Observes the forward pass through the hooked modules (used to find BatchNorm pairs)."""
+
+    def before(self, module: nn.Module, args: tuple) -> None: ...
+
+    def after(self, module: nn.Module, output: torch.Tensor) -> None: ...
 
 
 class _RuleFn(torch.autograd.Function):
@@ -21,33 +36,43 @@ class _RuleFn(torch.autograd.Function):
     at the output to gradients for the stashed inputs (the module's own backward is bypassed)."""
 
     @staticmethod
-    def forward(ctx, rule, n_inputs, output, *inputs):
-        ctx.rule, ctx.n_inputs = rule, n_inputs
+    def forward(ctx, rule, output, *inputs):
+        ctx.rule = rule
         ctx.save_for_backward(*inputs)
-        return output.clone()
+        return output.clone()  # a fresh tensor, so in-place ops after the module cannot reach the stash
 
     @staticmethod
     def backward(ctx, grad_output):
-        inputs = ctx.saved_tensors
         with torch.enable_grad():
-            grads = ctx.rule(grad_output, *inputs)
-        return (None, None, None, *grads)
+            grads = ctx.rule(grad_output, *ctx.saved_tensors)
+        return (None, None, *grads)
 
 
 @contextlib.contextmanager
-def rules_attached(assignments: dict[nn.Module, Callable]) -> Iterator[None]:
-    """Attach ``rule(grad_output, *inputs) -> tuple of grads`` to each module; remove on exit."""
+def rules_attached(assignments: dict[nn.Module, Rule], tracer: Tracer | None = None) -> Iterator[None]:
+    """Attach ``rule(grad_output, *inputs)`` to each module of ``assignments``; remove on exit.
+
+    Only tensor positional inputs are passed to the rule (and receive gradients). ``tracer`` sees
+    each hooked call's inputs before the module runs and its wrapped output after.
+    """
     handles = []
     stacks: dict[nn.Module, list] = {m: [] for m in assignments}
 
     def pre_hook(module, args):
+        if tracer is not None:
+            tracer.before(module, args)
         stacks[module].append(args)
         return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
 
     def post_hook(module, args, output):
-        inputs = stacks[module].pop()
-        tensors = tuple(a for a in inputs if isinstance(a, torch.Tensor))
-        return _RuleFn.apply(assignments[module], len(tensors), output, *tensors)
+        inputs = tuple(a for a in stacks[module].pop() if isinstance(a, torch.Tensor))
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"{type(module).__name__} returned {type(output).__name__}; modified backward "
+                            "rules need modules that return one tensor")
+        wrapped = _RuleFn.apply(assignments[module], output, *inputs)
+        if tracer is not None:
+            tracer.after(module, wrapped)
+        return wrapped
 
     try:
         for module in assignments:
@@ -60,34 +85,51 @@ def rules_attached(assignments: dict[nn.Module, Callable]) -> Iterator[None]:
 
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """z + epsilon * sign(z), with sign(0) = +1 (Zennit's convention), so no division by zero."""
+    """z + epsilon * sign(z) with sign(0) = +1 (Zennit's convention): the denominator keeps its sign
+    and is never zero."""
+    if epsilon == 0:
+        # LRP-0: a zero output only ever carries zero relevance (its unit is inactive); 1 avoids 0/0
+        return z + (z == 0).to(z)
     return z + epsilon * (z.sign() + (z == 0).to(z))
 
 
 # ----------------------------------------------------------------------------- ReLU rules
 
-def relu_gradient(grad, z):
-    return (grad * (z > 0).to(grad),)
-
-
 def relu_guided(grad, z):
-    """Guided Backprop (Springenberg et al. 2015, Eq. 7): positive gradient where the input is positive."""
+    """Guided Backprop (Springenberg et al. 2015, Fig. 1): the positive gradient where the input is positive."""
     return (grad.clamp(min=0) * (z > 0).to(grad),)
 
 
 def relu_deconvnet(grad, z):
-    """Deconvnet (Zeiler & Fergus 2014): ReLU of the gradient, the forward mask ignored."""
+    """Deconvnet (Zeiler & Fergus 2014, Sec. 2.1): ReLU of the backward signal, the forward mask ignored."""
     return (grad.clamp(min=0),)
 
 
-def relu_rectgrad(percentile: float):
-    """RectGrad (Kim et al. 2019, Eq. 6): pass the gradient only where activation x gradient is
-    above the ``percentile``-th percentile of that layer's activation x gradient, per sample."""
-    q = percentile / 100.0
+def percentile_threshold(values: torch.Tensor, percentile: float) -> torch.Tensor:
+    """The ``percentile``-th percentile of each sample's values (rank ``1:`` flattened), as [B].
+
+    Nearest-rank, as ``tf.contrib.distributions.percentile`` (interpolation "nearest") in the
+    RectGrad authors' code: the element at descending rank round((n-1) (1 - q/100)), so the
+    threshold is one of the values. ``kthvalue`` selects it without sorting and works on any size.
+    """
+    flat = values.flatten(1)
+    n = flat.shape[1]
+    rank = (n - 1) - round((n - 1) * (1.0 - percentile / 100.0))  # ascending, 0-based
+    return flat.kthvalue(rank + 1, dim=1).values
+
+
+def relu_rectgrad(percentile: float) -> Rule:
+    """RectGrad (Kim et al. 2019, its propagation rule): pass the gradient only where the importance score
+    activation x gradient exceeds the ``percentile``-th percentile of that layer's scores, per sample.
+
+    As in the authors' code: the activation is the ReLU's output, the comparison strict
+    (``tau < a * g``), and the forward mask is NOT applied separately (for tau >= 0 it is implied;
+    a low percentile with a negative tau lets gradient through dead units too).
+    """
 
     def rule(grad, z):
         importance = z.clamp(min=0) * grad
-        tau = torch.quantile(importance.flatten(1).double(), q, dim=1).to(grad).view(-1, *[1] * (grad.dim() - 1))
+        tau = percentile_threshold(importance, percentile).view(-1, *[1] * (grad.dim() - 1))
         return (grad * (importance > tau).to(grad),)
 
     return rule
@@ -95,95 +137,107 @@ def relu_rectgrad(percentile: float):
 
 # ----------------------------------------------------------------------------- LRP rules
 
-def layer_function(module: nn.Module, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None):
-    """The module's forward as a function of its input, with weight and bias replaceable."""
-    w = module.weight if weight is None else weight
-    b = module.bias if bias is None else bias
+def layer_function(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None):
+    """The affine map of a Conv2d / Linear ``module`` with the given weight and bias."""
     if isinstance(module, nn.Conv2d):
-        if module.padding_mode != "zeros":
-            raise ValueError(f"LRP supports zero-padded convolutions, got padding_mode={module.padding_mode!r}")
-        return lambda x: F.conv2d(x, w, b, module.stride, module.padding, module.dilation, module.groups)
+        return lambda x: F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
     if isinstance(module, nn.Linear):
-        return lambda x: F.linear(x, w, b)
-    raise TypeError(type(module).__name__)
+        return lambda x: F.linear(x, weight, bias)
+    raise TypeError(f"LRP rules apply to Conv2d and Linear layers, got {type(module).__name__}")
 
 
-def _modified_terms(grad, x, terms, stabilizer_of):
-    """Zennit's basic hook: for each (input modifier, forward function) compute the output, then the
-    gradient of the outputs with the mapped output gradient, and the per-term contributions."""
-    xs = [mod(x).detach().requires_grad_(True) for mod, _ in terms]
-    outs = [fn(xi) for xi, (_, fn) in zip(xs, terms)]
-    denominators = stabilizer_of(outs)
+def _clamp(t: torch.Tensor | None, **bounds) -> torch.Tensor | None:
+    return None if t is None else t.clamp(**bounds)
+
+
+def _contributions(grad, terms, denominator_of):
+    """Zennit's basic hook in closed form. ``terms`` are (input, weight, bias, layer) tuples; every
+    term's output z_t = layer(input_t) is computed, ``denominator_of(outputs)`` gives one
+    denominator per term, and term t contributes input_t * d/d(input_t) [z_t . grad / d_t], i.e.
+    input_t * (W_t^T (grad / d_t))."""
+    xs = [x.detach().requires_grad_(True) for x, _, _, _ in terms]
+    outs = [layer_function(m, w, b)(x) for x, (_, w, b, m) in zip(xs, terms)]
+    denominators = denominator_of(outs)
     grads = torch.autograd.grad(outs, xs, grad_outputs=[grad / d for d in denominators])
-    return xs, grads
+    return [x.detach() * g for x, g in zip(xs, grads)]
 
 
-def lrp_epsilon(module, epsilon: float, weight=None, bias=None):
+def lrp_epsilon(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, epsilon: float) -> Rule:
     """LRP-epsilon (Bach et al. 2015, Eq. 58): R_i = sum_j x_i w_ij / (z_j + eps sign z_j) R_j."""
-    fn = layer_function(module, weight, bias)
 
     def rule(grad, x):
-        xs, grads = _modified_terms(grad, x, [(lambda t: t, fn)], lambda outs: [stabilize(outs[0], epsilon)])
-        return (xs[0] * grads[0],)
+        (r,) = _contributions(grad, [(x, weight, bias, module)], lambda outs: [stabilize(outs[0], epsilon)])
+        return (r,)
 
     return rule
 
 
-def lrp_alpha_beta(module, alpha: float, beta: float, epsilon: float = 1e-6, weight=None, bias=None):
-    """LRP-alpha-beta (Bach et al. 2015, Eq. 60; Montavon et al. 2019), alpha - beta = 1: positive and
-    negative contributions normalised separately; alpha=1, beta=0 keeps only positive ones."""
-    w = module.weight if weight is None else weight
-    b = module.bias if bias is None else bias
-    zero = None if b is None else torch.zeros_like(b)
-    pos_b = None if b is None else b.clamp(min=0)
-    neg_b = None if b is None else b.clamp(max=0)
-    plus, minus = (lambda t: t.clamp(min=0)), (lambda t: t.clamp(max=0))
-    terms = [(plus, layer_function(module, w.clamp(min=0), pos_b)), (minus, layer_function(module, w.clamp(max=0), zero)),
-             (plus, layer_function(module, w.clamp(max=0), neg_b)), (minus, layer_function(module, w.clamp(min=0), zero))]
+def lrp_alpha_beta(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, alpha: float, beta: float,
+                   epsilon: float = 1e-6) -> Rule:
+    """LRP-alpha-beta (Bach et al. 2015, Eq. 60), alpha - beta = 1.
+
+    Positive contributions (x+ w+ and x- w-, plus the positive bias) and negative ones (x+ w-, x- w+,
+    plus the negative bias) are normalised separately: R_i = sum_j (alpha z+_ij / z+_j - beta
+    z-_ij / z-_j) R_j, as Zennit's AlphaBeta. Terms that are zero are skipped: the x- terms when
+    the input has no negative entry (every layer after a ReLU), the negative part when beta = 0.
+    """
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+    b_pos, b_neg = _clamp(bias, min=0), _clamp(bias, max=0)
 
     def rule(grad, x):
-        def denominators(outs):
-            p, n = stabilize(outs[0] + outs[1], epsilon), stabilize(outs[2] + outs[3], epsilon)
-            return [p, p, n, n]
+        signed = bool((x < 0).any())
+        x_pos = x.clamp(min=0)
+        x_neg = x.clamp(max=0) if signed else None
+        # (coefficient, terms whose outputs add up to one denominator)
+        parts = [(alpha, [(x_pos, w_pos, b_pos, module)] + ([(x_neg, w_neg, None, module)] if signed else []))]
+        if beta != 0:
+            parts.append((-beta, [(x_pos, w_neg, b_neg, module)] + ([(x_neg, w_pos, None, module)] if signed else [])))
+        relevance = torch.zeros_like(x)
+        for coefficient, terms in parts:
+            def denominators(outs):
+                d = stabilize(sum(outs), epsilon)
+                return [d] * len(outs)
 
-        xs, g = _modified_terms(grad, x, terms, denominators)
-        return (alpha * (xs[0] * g[0] + xs[1] * g[1]) - beta * (xs[2] * g[2] + xs[3] * g[3]),)
+            relevance = relevance + coefficient * sum(_contributions(grad, terms, denominators))
+        return (relevance,)
 
     return rule
 
 
-def lrp_zbox(module, low: float, high: float, epsilon: float = 1e-6, weight=None, bias=None):
-    """LRP-z^B for the first layer with bounded input [low, high] (Montavon et al. 2017, Sec. 4)."""
-    w = module.weight if weight is None else weight
-    b = module.bias if bias is None else bias
-    terms = [(lambda t: t, layer_function(module, w, b)),
-             (lambda t: torch.full_like(t, low), layer_function(module, w.clamp(min=0), None if b is None else b.clamp(min=0))),
-             (lambda t: torch.full_like(t, high), layer_function(module, w.clamp(max=0), None if b is None else b.clamp(max=0)))]
+def lrp_zbox(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, low: float, high: float,
+             epsilon: float = 1e-6) -> Rule:
+    """LRP-z^B for a first layer whose input lies in [low, high] (Montavon et al. 2017, deep Taylor decomposition):
+    R_i = sum_j (x_i w_ij - l w+_ij - h w-_ij) / (z_j - z^l_j - z^h_j) R_j, as Zennit's ZBox
+    (whose clamped parameters include the bias)."""
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+    b_pos, b_neg = _clamp(bias, min=0), _clamp(bias, max=0)
 
     def rule(grad, x):
+        terms = [(x, weight, bias, module), (torch.full_like(x, low), w_pos, b_pos, module),
+                 (torch.full_like(x, high), w_neg, b_neg, module)]
+
         def denominators(outs):
             d = stabilize(outs[0] - outs[1] - outs[2], epsilon)
             return [d, -d, -d]
 
-        xs, g = _modified_terms(grad, x, terms, denominators)
-        return (xs[0] * g[0] + xs[1] * g[1] + xs[2] * g[2],)
+        return (sum(_contributions(grad, terms, denominators)),)
 
     return rule
 
 
-def lrp_norm(module, epsilon: float = 1e-6):
-    """Parameter-free layers (average pooling, sums): relevance in proportion to each input's share of
-    the output, R_i = x_i d(z)/dx_i R / z (Zennit's Norm rule)."""
+def lrp_norm(module: nn.Module, epsilon: float = 1e-6) -> Rule:
+    """Parameter-free linear layers (average pooling, residual sums): each input gets relevance in
+    proportion to its share of the output, R_i = x_i dz/dx_i R / z (Zennit's Norm rule)."""
 
     def rule(grad, *inputs):
         xs = [x.detach().requires_grad_(True) for x in inputs]
         out = module.forward(*xs)  # forward() skips the hooks this rule is attached by
         grads = torch.autograd.grad(out, xs, grad_outputs=grad / stabilize(out, epsilon))
-        return tuple(x * g for x, g in zip(xs, grads))
+        return tuple(x.detach() * g for x, g in zip(xs, grads))
 
     return rule
 
 
 def lrp_pass(grad, *inputs):
-    """Relevance passes unchanged (used for BatchNorm merged into the preceding convolution)."""
+    """Relevance passes unchanged (a BatchNorm merged into the convolution before it)."""
     return (grad,)
