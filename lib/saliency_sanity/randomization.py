@@ -1,21 +1,61 @@
 """Model-parameter randomization as a context manager over stages in forward order.
 
 Adebayo et al. (2018), Sec. 3.1: *cascading* re-initialisation from the logits downwards,
-cumulatively, and *independent* re-initialisation of one layer at a time with the rest kept
-trained; their small-CNN re-init draws from a truncated normal with std 0.01. Khakzar et al. use
-N(0, 0.1) top-down; Hedström et al. (2023) recommend the bottom-up order: both orders exist here.
+cumulatively, and *independent* re-initialisation of one layer (or block) at a time with the rest
+kept trained; their small-CNN re-init draws from a truncated normal with std 0.01. Khakzar et al.
+(2020) re-initialise top-down from N(0, 0.1) (``init="normal", std=0.1``); Hedström et al. (2023)
+recommend the bottom-up order. Both orders and both modes exist here::
 
-Binder et al. (2023) point out that top-down randomization keeps the scale of the activations that
-reach the randomized layers; BatchNorm therefore gets an explicit policy (``batchnorm=``):
-``"randomize_affine"`` (default: gamma/beta re-drawn, running statistics kept, so activations keep
-their trained normalisation), ``"reset"`` (gamma/beta re-drawn and running_mean=0,
-running_var=1) or ``"skip"`` (BatchNorm layers are never stages and never change).
+    with randomized(model, mode="cascading", order="top_down", example_input=x[:1]) as stages:
+        for stage in stages:      # stage 0 is the trained model ("original")
+            ...                   # here the model holds this stage's weights
+
+Choices this module makes (all are options; the defaults are stated, not claimed as a paper's):
+
+- **Stages** follow the *forward* order, traced by one forward pass on ``example_input`` (the
+  first call of a module fixes its position; a module called several times is one stage), not
+  the registration order. ``unit="layer"``: every module that owns parameters directly (Conv,
+  Linear, BatchNorm, LayerNorm, ...). ``unit="block"``: see :func:`default_blocks`, or name the
+  blocks with ``blocks=[...]``. Parameters owned by the root module itself are never randomized.
+  The tracing pass is an ordinary forward pass (eval mode, no gradients): hooks the caller has
+  registered see it.
+- **Draws**: every layer has its own CPU ``torch.Generator`` seeded from ``(seed, layer name)``
+  through SHA-256, so a layer gets the same weights whatever the mode, order, dtype or device,
+  and reruns are identical. Draws are made in float32 on the CPU, then copied to the parameter's
+  device and dtype.
+- **init**: ``"truncated_normal"`` (N(0, std²) truncated at ±2 std, as TensorFlow's
+  ``truncated_normal`` used by Adebayo et al.; its empirical std is 0.88 std), ``"normal"``
+  (N(0, std²)), ``"uniform"`` (U(-√3 std, √3 std), the same variance as the normal), ``"default"``
+  (the module's own ``reset_parameters`` run on CPU under a generator seeded from the layer's
+  seed) or a callable ``init(module, generator)`` that overwrites the module's parameters in place.
+- **bias** (default ``"zero"``, our choice): ``"zero"`` sets biases to 0, as freshly initialised
+  layers usually start (so a randomized layer keeps no trained offset); ``"init"`` draws them
+  like the weights (for ``"default"``/callables: keeps what the init wrote); ``"keep"`` leaves
+  the trained biases. A parameter counts as a bias when it is called ``bias`` (BatchNorm's beta).
+- **BatchNorm** (``batchnorm=``, default ``"randomize_affine"``): gamma and beta are parameters and
+  are re-drawn like any other (beta follows the bias policy), while the running statistics, which
+  are buffers, keep their trained values, so a randomized BatchNorm still standardises its input
+  as the trained network did. Binder et al. (2023) point out that top-down randomization keeps the
+  scale of the activations reaching the randomized layers; keeping the statistics keeps that
+  normalisation explicit rather than letting it change with the policy. ``"reset"`` also sets
+  running_mean=0, running_var=1 (and the batch counter to 0), removing the trained
+  normalisation; ``"skip"`` makes BatchNorm layers no stages at all, never changed. Other
+  normalisation layers (LayerNorm, GroupNorm) are ordinary layers. Buffers change only through
+  ``batchnorm="reset"``.
+
+Restoration: one copy of the model's state (parameters and buffers) is kept for the whole block,
+never a copy per stage; moving between stages re-draws only the layers new to the stage and
+restores only the layers that leave it (in independent mode: the previous stage's). On exit,
+normal, by ``break`` or by an exception, every parameter and buffer is copied back bit-identically.
+The model object is changed in place, so references and hooks held by the caller stay valid;
+``requires_grad`` flags and train/eval modes are not touched.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -23,6 +63,10 @@ import torch
 from torch import nn
 
 from ._validation import check_choice, check_model
+from .guard import preserved
+
+__all__ = ["Stage", "Stages", "randomized", "randomization_stages", "randomize_layer", "layer_generator",
+           "default_blocks"]
 
 MODES = ("cascading", "independent")
 ORDERS = ("top_down", "bottom_up")
@@ -30,12 +74,20 @@ UNITS = ("layer", "block")
 INITS = ("truncated_normal", "normal", "uniform", "default")
 BIAS_POLICIES = ("zero", "init", "keep")
 BATCHNORM_POLICIES = ("randomize_affine", "reset", "skip")
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+# Image sizes tried, in this order, when a model must be traced without an example input.
+_DUMMY_SIZES = (28, 32, 64, 224)
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of a randomization run. Stage 0 is the trained model (``name="original"``)."""
+    """One step of a randomization run (Adebayo et al. 2018, Sec. 3.1).
+
+    ``index`` 0 is the trained model (``name="original"``, no layers). ``name`` is the layer or
+    block randomized at this stage, ``layers`` the module names it re-draws, ``randomized_so_far``
+    every module randomized while the stage is active (cascading: this and all earlier stages;
+    independent: ``layers``).
+    """
 
     index: int
     name: str
@@ -46,119 +98,208 @@ class Stage:
 
 
 class Stages:
-    """The stages of a :func:`randomized` block: iterate to move the model through them."""
+    """The stages of a :func:`randomized` block: iterating moves the model through them.
 
-    def __init__(self, plan: list[Stage], apply: Callable[[Stage], None]):
-        self._plan, self._apply = plan, apply
+    Each step changes only what differs from the stage before (new layers re-drawn, leaving layers
+    restored from the saved copy), so iterating again, or after a ``break``, starts from the
+    trained model. Usable only inside the ``with`` block.
+    """
+
+    def __init__(self, plan: list[Stage], model: nn.Module, saved: dict[str, torch.Tensor], randomize: Callable):
+        self._plan, self._saved, self._randomize = plan, saved, randomize
+        self._modules = dict(model.named_modules())
+        self._current: tuple[str, ...] = ()
+        self._open = True
 
     def __len__(self) -> int:
         return len(self._plan)
 
-    def __iter__(self) -> Iterator[Stage]:
-        for stage in self._plan:
-            self._apply(stage)
-            yield stage
+    def __getitem__(self, i: int) -> Stage:
+        return self._plan[i]
 
     @property
     def plan(self) -> list[Stage]:
         return list(self._plan)
 
+    def __iter__(self) -> Iterator[Stage]:
+        for stage in self._plan:
+            self._move_to(stage)
+            yield stage
 
-def _param_layers(model: nn.Module, batchnorm: str) -> dict[str, nn.Module]:
-    """Modules that own parameters directly (not through children)."""
-    out = {}
-    for name, module in model.named_modules():
-        if not name or not any(True for _ in module.parameters(recurse=False)):
-            continue
-        if isinstance(module, _NORMS) and batchnorm == "skip":
-            continue
-        out[name] = module
-    return out
-
-
-def _forward_order(model: nn.Module, names: Sequence[str], example_input: torch.Tensor) -> list[str]:
-    """Order ``names`` by the first call of each module in one traced forward pass."""
-    seen: list[str] = []
-    modules = dict(model.named_modules())
-    handles = [modules[n].register_forward_pre_hook(lambda m, i, n=n: seen.append(n) if n not in seen else None)
-               for n in names]
-    was_training = model.training
-    try:
-        model.eval()
+    def _restore(self, names) -> None:
         with torch.no_grad():
-            model(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    unused = [n for n in names if n not in seen]
-    return seen + unused  # modules never called keep registration order at the end
+            for layer in names:
+                for key, value in self._modules[layer].state_dict(keep_vars=True).items():
+                    value.copy_(self._saved[f"{layer}.{key}"])
+
+    def _move_to(self, stage: Stage) -> None:
+        if not self._open:
+            raise RuntimeError("the stages of randomized() can only be iterated inside its `with` block; "
+                               "the model has been restored to its trained weights")
+        target = stage.randomized_so_far
+        self._restore([n for n in self._current if n not in target])
+        for layer in target:
+            if layer not in self._current:
+                self._randomize(self._modules[layer], layer)
+        self._current = target
+
+    def _close(self) -> None:
+        self._open = False
+        self._current = ()
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _owns_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(recurse=False), None) is not None
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+def _param_layers(model: nn.Module, batchnorm: str) -> list[str]:
+    """Names of the modules that own parameters directly, in registration order."""
+    return [name for name, module in model.named_modules()
+            if name and _owns_parameters(module) and not (batchnorm == "skip" and isinstance(module, _BATCHNORMS))]
+
+
+def _run(model: nn.Module, example_input) -> None:
+    if isinstance(example_input, (tuple, list)):
+        model(*example_input)
+    else:
+        model(example_input)
+
+
+def _forward_order(model: nn.Module, names: Sequence[str], example_input) -> list[str]:
+    """``names`` ordered by the first call of each module in one forward pass (eval mode, no grad)."""
+    seen: dict[str, None] = {}  # insertion-ordered set: a reused module keeps its first position
+    modules = dict(model.named_modules())
+    with preserved(model):  # eval mode (no BatchNorm statistics update); hooks removed on any exit
+        handles = [modules[n].register_forward_pre_hook(lambda _m, _i, n=n: seen.setdefault(n))
+                   for n in names]
+        try:
+            with torch.no_grad():
+                _run(model, example_input)
+        finally:
+            for h in handles:
+                h.remove()
+    # Modules the forward pass never calls keep their registration order, after the called ones.
+    return list(seen) + [n for n in names if n not in seen]
 
 
 def _dummy_inputs(model: nn.Module) -> list[torch.Tensor]:
-    """Candidate inputs to trace a model without an example: the first Conv2d's channels at the
-    usual image sizes, or the first Linear's features."""
+    """Inputs to trace a model that came without an example: zeros shaped for the first (in
+    registration order) Conv1d/2d/3d at the sizes in ``_DUMMY_SIZES``, or for the first Linear."""
+    conv_dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
     for m in model.modules():
-        p = next(m.parameters(recurse=False), None)
-        if isinstance(m, nn.Conv2d):
-            return [torch.zeros(1, m.in_channels, s, s, device=p.device, dtype=p.dtype) for s in (28, 32, 64, 224)]
-        if isinstance(m, nn.Linear):
-            return [torch.zeros(1, m.in_features, device=p.device, dtype=p.dtype)]
+        if type(m) in conv_dims or isinstance(m, nn.Linear):
+            p = m.weight
+            if isinstance(m, nn.Linear):
+                return [torch.zeros(1, m.in_features, device=p.device, dtype=p.dtype)]
+            dims = conv_dims[type(m)]
+            return [torch.zeros(1, m.in_channels, *([s] * dims), device=p.device, dtype=p.dtype)
+                    for s in _DUMMY_SIZES]
     return []
 
 
-def _traced_order(model: nn.Module, names: list[str], example_input: torch.Tensor | None) -> list[str]:
+def _traced_order(model: nn.Module, names: list[str], example_input) -> list[str]:
     if example_input is not None:
-        return _forward_order(model, names, example_input)
-    for x in _dummy_inputs(model):
+        if not isinstance(example_input, (torch.Tensor, tuple, list)):
+            raise TypeError(f"example_input must be a torch.Tensor (or a tuple of the model's inputs), "
+                            f"got {type(example_input).__name__}")
+        try:
+            return _forward_order(model, names, example_input)
+        except (RuntimeError, ValueError, TypeError) as err:
+            shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else "tuple"
+            raise ValueError(f"tracing the forward order of {type(model).__name__} on example_input of shape "
+                             f"{shape} failed ({err}); pass an input the model accepts, e.g. x[:1] on the "
+                             "model's device") from err
+    candidates = _dummy_inputs(model)
+    for x in candidates:
         try:
             return _forward_order(model, names, x)
-        except RuntimeError:
+        except (RuntimeError, ValueError):
             continue
-    raise ValueError(f"cannot trace the forward order of {type(model).__name__} without an input; "
-                     "pass example_input=x[:1]")
+    tried = [tuple(x.shape) for x in candidates]
+    raise ValueError(f"cannot trace the forward order of {type(model).__name__} without an input "
+                     f"(tried zero inputs of shapes {tried}); pass example_input=x[:1]")
 
 
 def default_blocks(model: nn.Module) -> list[str]:
-    """Top-level children that hold parameters; if fewer than 3, their children instead (so that
-    e.g. ``features``/``classifier`` containers split into their layers)."""
-    top = [n for n, m in model.named_children() if any(True for _ in m.parameters())]
+    """The default blocks of ``unit="block"``: the model's top-level children that hold parameters.
+
+    If that gives fewer than 3 blocks (e.g. ``features``/``classifier`` containers, as in our
+    ``VGGNet`` or torchvision's VGG), each such child is replaced by its own children that hold
+    parameters, unless the child owns parameters directly or has no such children (then it stays
+    whole). ResNets give ``stem``/``conv1``, ``bn1``, ``layer1``..``layerN``, ``fc``.
+    """
+    top = [(n, m) for n, m in model.named_children() if _has_parameters(m)]
     if len(top) >= 3:
-        return top
-    deeper = []
-    for n in top:
-        kids = [f"{n}.{k}" for k, m in dict(model.named_modules())[n].named_children()
-                if any(True for _ in m.parameters())]
-        deeper += kids or [n]
-    return deeper
+        return [n for n, _ in top]
+    out = []
+    for name, module in top:
+        kids = [f"{name}.{k}" for k, m in module.named_children() if _has_parameters(m)]
+        out += [name] if _owns_parameters(module) or not kids else kids
+    return out
+
+
+def _block_groups(model: nn.Module, ordered: list[str], blocks: Sequence[str] | None) -> list[tuple[str, tuple]]:
+    modules = dict(model.named_modules())
+    if blocks is None:
+        names = default_blocks(model)
+    else:
+        if isinstance(blocks, str) or not all(isinstance(b, str) for b in blocks):
+            raise TypeError(f"blocks must be a list of module names such as {default_blocks(model)}, got {blocks!r}")
+        names = list(blocks)
+        if not names:
+            raise ValueError(f"blocks is empty; name at least one submodule, e.g. {default_blocks(model)}")
+        unknown = [b for b in names if b not in modules or not b]
+        if unknown:
+            raise ValueError(f"unknown block(s) {unknown} in {type(model).__name__}; blocks must name submodules "
+                             f"as in model.named_modules(), e.g. {default_blocks(model)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"blocks {names} name a module twice; give each block once")
+    members = {b: tuple(n for n in ordered if n == b or n.startswith(b + ".")) for b in names}
+    empty = [b for b, m in members.items() if not m]
+    if empty:
+        raise ValueError(f"block(s) {empty} hold no parameters to randomize (BatchNorm layers are excluded "
+                         "with batchnorm='skip'); choose blocks that contain Conv/Linear/... layers")
+    owner: dict[str, str] = {}
+    for b, layers in members.items():
+        for layer in layers:
+            if layer in owner:
+                raise ValueError(f"blocks {owner[layer]!r} and {b!r} overlap (both contain {layer!r}); "
+                                 "name disjoint submodules")
+            owner[layer] = b
+    return sorted(members.items(), key=lambda kv: ordered.index(kv[1][0]))
 
 
 def randomization_stages(model: nn.Module, *, unit: str = "layer", order: str = "top_down",
-                         mode: str = "cascading", example_input: torch.Tensor | None = None,
-                         batchnorm: str = "randomize_affine", blocks: Sequence[str] | None = None) -> list[Stage]:
-    """The list of stages :func:`randomized` would go through, without changing the model."""
+                         mode: str = "cascading", example_input=None, batchnorm: str = "randomize_affine",
+                         blocks: Sequence[str] | None = None) -> list[Stage]:
+    """The stages :func:`randomized` goes through, computed without changing the model.
+
+    Adebayo et al. (2018), Sec. 3.1. For planning and for labelling plots. The forward order is
+    traced on ``example_input``; without one, zero inputs shaped for the first Conv/Linear layer
+    (registration order) are tried at sizes 28, 32, 64 and 224 and a ValueError says when none fits.
+    """
     check_model(model)
     check_choice(unit, UNITS, "unit")
     check_choice(order, ORDERS, "order")
     check_choice(mode, MODES, "mode")
     check_choice(batchnorm, BATCHNORM_POLICIES, "batchnorm")
+    if blocks is not None and unit != "block":
+        raise ValueError(f"blocks= is only used with unit='block' (got unit={unit!r}); pass unit='block'")
     layers = _param_layers(model, batchnorm)
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no parameters to randomize")
-    ordered = _traced_order(model, list(layers), example_input)
+        raise ValueError(f"{type(model).__name__} has no submodule with parameters to randomize")
+    ordered = _traced_order(model, layers, example_input)
     if unit == "layer":
         groups = [(n, (n,)) for n in ordered]
     else:
-        names = list(blocks) if blocks is not None else default_blocks(model)
-        modules = dict(model.named_modules())
-        unknown = [b for b in names if b not in modules]
-        if unknown:
-            raise ValueError(f"unknown block(s) {unknown}; blocks must name submodules, e.g. {default_blocks(model)}")
-        members = {b: tuple(n for n in ordered if n == b or n.startswith(b + ".")) for b in names}
-        empty = [b for b, m in members.items() if not m]
-        if empty:
-            raise ValueError(f"block(s) {empty} hold no parameters to randomize")
-        groups = sorted(members.items(), key=lambda kv: ordered.index(kv[1][0]))
+        groups = _block_groups(model, ordered, blocks)
     if order == "top_down":
         groups = groups[::-1]
     plan = [Stage(0, "original", (), (), mode, order)]
@@ -169,92 +310,140 @@ def randomization_stages(model: nn.Module, *, unit: str = "layer", order: str = 
     return plan
 
 
+# ----------------------------------------------------------------------------- drawing
+
+
 def layer_generator(seed: int, name: str) -> torch.Generator:
-    """A CPU generator seeded by (seed, layer name) through a stable hash, so a layer gets the same
-    draw whatever the mode, order or Python process."""
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    """A CPU generator seeded from (seed, layer name) by SHA-256, not Python's salted ``hash``, so a
+    layer gets the same draw whatever the mode, order or process."""
+    digest = hashlib.sha256(f"{int(seed)}:{name}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
+def _check_options(init, std, bias: str, batchnorm: str) -> None:
+    if not callable(init):
+        check_choice(init, INITS, "init")
+    check_choice(bias, BIAS_POLICIES, "bias")
+    check_choice(batchnorm, BATCHNORM_POLICIES, "batchnorm")
+    if isinstance(std, bool) or not isinstance(std, numbers.Real) or not math.isfinite(std) or std <= 0:
+        raise ValueError(f"std must be > 0 and finite, got {std!r}; Adebayo et al. use 0.01, Khakzar et al. 0.1")
+
+
 def _draw(shape, init: str, std: float, gen: torch.Generator) -> torch.Tensor:
+    """Float32 CPU draw, so that CPU and GPU models (and any dtype) receive the same values."""
     if init == "truncated_normal":
-        out = torch.empty(shape)
-        nn.init.trunc_normal_(out, mean=0.0, std=std, a=-2 * std, b=2 * std, generator=gen)
-        return out
+        out = torch.empty(shape, dtype=torch.float32)
+        return nn.init.trunc_normal_(out, mean=0.0, std=std, a=-2 * std, b=2 * std, generator=gen)
     if init == "normal":
-        return torch.randn(shape, generator=gen) * std
-    if init == "uniform":
-        bound = std * math.sqrt(3)  # same variance as the normal with this std
-        return (torch.rand(shape, generator=gen) * 2 - 1) * bound
-    raise ValueError(f"unknown init {init!r}")
+        return torch.randn(shape, generator=gen, dtype=torch.float32) * std
+    bound = std * math.sqrt(3)  # uniform: the same variance as the normal with this std
+    return (torch.rand(shape, generator=gen, dtype=torch.float32) * 2 - 1) * bound
+
+
+def _reset_on_cpu(module: nn.Module, name: str, gen: torch.Generator) -> None:
+    """Run ``module.reset_parameters()`` on float32 CPU stand-ins under the CPU RNG seeded from
+    ``gen``: the global RNG of the parameters' device is never used, so CPU and GPU agree."""
+    if not callable(getattr(module, "reset_parameters", None)):
+        raise ValueError(f"layer {name!r} ({type(module).__name__}) has no reset_parameters() for init='default'; "
+                         "use init='truncated_normal', 'normal', 'uniform' or a callable init(module, generator)")
+    params = list(module.parameters(recurse=False))
+    on_device = [p.data for p in params]
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    try:
+        for p in params:
+            p.data = torch.empty(p.shape, dtype=torch.float32)
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would seed CUDA too
+            module.reset_parameters()
+        drawn = [p.data for p in params]
+    finally:
+        for p, data in zip(params, on_device):
+            p.data = data
+    for p, data in zip(params, drawn):
+        p.copy_(data)
 
 
 @torch.no_grad()
-def randomize_layer(module: nn.Module, name: str, *, init="truncated_normal", std: float = 0.01, seed: int = 0,
+def randomize_layer(module: nn.Module, name: str | None = None, *, init: str | Callable = "truncated_normal",
+                    std: float = 0.01, seed: int = 0, generator: torch.Generator | None = None,
                     bias: str = "zero", batchnorm: str = "randomize_affine") -> None:
-    """Re-initialise the parameters ``module`` owns directly, from the (seed, name) generator."""
-    gen = layer_generator(seed, name)
-    if callable(init):
-        init(module, gen)
+    """Re-initialise, in place, the parameters ``module`` owns directly (not its children's).
+
+    Adebayo et al. (2018), Sec. 3.1 (truncated normal, std 0.01). Draws come from ``generator``,
+    or else from :func:`layer_generator` ``(seed, name)``; parameters are drawn in registration
+    order (weight before bias). See the module docstring for ``init``, ``bias`` and ``batchnorm``;
+    with ``batchnorm="skip"`` a BatchNorm module is left unchanged. Buffers are never changed
+    except BatchNorm running statistics under ``batchnorm="reset"``.
+    """
+    _check_options(init, std, bias, batchnorm)
+    if generator is None:
+        if name is None:
+            raise ValueError("randomize_layer needs generator=torch.Generator or the layer's name (with seed) "
+                             "to seed one")
+        generator = layer_generator(seed, name)
+    elif not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    label = name if name is not None else type(module).__name__
+    is_bn = isinstance(module, _BATCHNORMS)
+    if is_bn and batchnorm == "skip":
         return
-    if init == "default":
-        if not hasattr(module, "reset_parameters"):
-            raise ValueError(f"layer {name!r} ({type(module).__name__}) has no reset_parameters for init='default'")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(gen.initial_seed() % (2**63)))
-            module.reset_parameters()
+    params = dict(module.named_parameters(recurse=False))
+    old_bias = params["bias"].detach().clone() if bias == "keep" and "bias" in params else None
+    buffers = {k: b.detach().clone() for k, b in module.named_buffers(recurse=False)}
+    if callable(init):
+        init(module, generator)
+    elif init == "default":
+        _reset_on_cpu(module, label, generator)
     else:
-        for pname, p in module.named_parameters(recurse=False):
+        for pname, p in params.items():
             if pname == "bias" and bias != "init":
-                if bias == "zero":
-                    p.zero_()
-                continue
-            p.copy_(_draw(p.shape, init, std, gen).to(p.device, p.dtype))
-    if isinstance(module, _NORMS) and batchnorm == "reset" and module.running_mean is not None:
-        module.running_mean.zero_()
-        module.running_var.fill_(1.0)
+                continue  # not drawn, so the weight's draw does not depend on the bias policy
+            p.copy_(_draw(p.shape, init, std, generator).to(device=p.device, dtype=p.dtype))
+    if "bias" in params:
+        if bias == "zero":
+            params["bias"].zero_()
+        elif bias == "keep":
+            params["bias"].copy_(old_bias)
+    # A reset_parameters() or a callable may touch buffers (BatchNorm resets its statistics):
+    # buffers only change through the batchnorm policy.
+    for k, b in module.named_buffers(recurse=False):
+        if k in buffers:
+            b.copy_(buffers[k])
+    if is_bn and batchnorm == "reset" and module.track_running_stats:
+        module.reset_running_stats()
+
+
+# ----------------------------------------------------------------------------- the context manager
 
 
 @contextlib.contextmanager
 def randomized(model: nn.Module, *, mode: str = "cascading", order: str = "top_down", unit: str = "layer",
                init: str | Callable = "truncated_normal", std: float = 0.01, seed: int = 0, bias: str = "zero",
                batchnorm: str = "randomize_affine", blocks: Sequence[str] | None = None,
-               example_input: torch.Tensor | None = None) -> Iterator[Stages]:
-    """Move ``model`` through randomization stages; restore it bit-identically on exit.
+               example_input=None) -> Iterator[Stages]:
+    """Move ``model`` through cascading or independent randomization stages, then restore it.
 
-    ``with randomized(model) as stages: for stage in stages: ...`` — inside the loop body the model
-    holds that stage's weights (stage 0: the trained weights). One copy of the state is kept for
-    restoration (no copy per stage); the model object itself is changed in place, so hooks and
-    references stay valid. Restored on normal exit, on ``break`` and on exceptions.
+    Adebayo et al. (2018), Sec. 3.1; options as in the module docstring. Yields :class:`Stages`:
+    ``for stage in stages`` puts the model at each stage's weights in turn, stage 0 being the
+    trained model. ``example_input`` (e.g. ``x[:1]``) traces the forward order; without it, zero
+    inputs shaped for the first Conv/Linear layer are tried (see :func:`randomization_stages`).
+    Every argument is checked before the model is touched. On exit (normal, ``break`` or an
+    exception) all parameters and buffers are restored bit-identically from one saved copy.
     """
-    check_choice(bias, BIAS_POLICIES, "bias")
-    if not callable(init):
-        check_choice(init, INITS, "init")
-    if std <= 0:
-        raise ValueError(f"std must be > 0, got {std}")
+    check_model(model)
+    _check_options(init, std, bias, batchnorm)
     plan = randomization_stages(model, unit=unit, order=order, mode=mode, example_input=example_input,
                                 batchnorm=batchnorm, blocks=blocks)
-    modules = dict(model.named_modules())
+
+    def randomize(module: nn.Module, name: str) -> None:
+        randomize_layer(module, name, init=init, std=std, seed=seed, bias=bias, batchnorm=batchnorm)
+
     saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
-    touched: set[str] = set()
-
-    def restore(names):
-        with torch.no_grad():
-            for layer in names:
-                for k, v in modules[layer].state_dict(keep_vars=True).items():
-                    v.copy_(saved[f"{layer}.{k}"])
-
-    def apply(stage: Stage) -> None:
-        if mode == "independent":
-            restore(touched)
-            touched.clear()
-        for layer in stage.layers:
-            randomize_layer(modules[layer], layer, init=init, std=std, seed=seed, bias=bias, batchnorm=batchnorm)
-            touched.add(layer)
-
+    stages = Stages(plan, model, saved, randomize)
     try:
-        yield Stages(plan, apply)
+        yield stages
     finally:
+        stages._close()
         with torch.no_grad():
             for k, v in model.state_dict(keep_vars=True).items():
                 v.copy_(saved[k])
