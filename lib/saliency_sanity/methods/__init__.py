@@ -14,6 +14,7 @@ from .targets import TARGET_NAMES, resolve_targets
 
 # importing the families registers their methods
 from . import gradients, propagation, cam  # noqa: E402,F401  isort: skip
+from . import masks  # noqa: E402,F401  isort: skip
 
 REDUCTIONS = ("sum", "abs_sum", None)
 
