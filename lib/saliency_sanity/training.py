@@ -3,12 +3,16 @@
 Same config and data -> bit-identical weights on CPU: the shuffling order of every epoch is drawn
 from a generator seeded by (seed, epoch), so an interrupted run resumes from its last epoch and
 ends exactly where an uninterrupted one would.
+
+Options for the instability chapter (Datta et al. 2023): a confidence penalty (Pereyra et al.
+2017), per-epoch training-set logits of a teacher, and a student trained on the teacher's
+temporally averaged, temperature-scaled soft labels (:mod:`saliency_sanity.mitigation`).
 """
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -19,12 +23,34 @@ from tqdm.auto import tqdm
 
 from .cache import atomic_torch_save, atomic_write_json, cache_root, config_hash, safe_torch_load
 from .data import ImageSet
+from .mitigation import distillation_targets, prediction_entropy, soft_cross_entropy
 from .models import build_model
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a trained model; its hash names the checkpoint folder."""
+    """Everything that determines a trained model; its hash names the checkpoint folder.
+
+    The fields after ``label_smoothing`` are left out of the hash while they keep their default,
+    so models trained before they existed keep their cache folders (:func:`config_key`).
+
+    - ``confidence_penalty``: beta of Pereyra et al. (2017), Eq. 2: loss = CE - beta * H(p(.|x)).
+    - ``record_train_logits``: after every epoch, the logits of the whole training set, computed in
+      eval mode with the epoch's final weights (one extra forward pass over the training set per
+      epoch, no backward; the weights are identical to a run without it), are kept in the
+      checkpoint as ``train_logits`` (float32) -- what a distillation teacher needs.
+    - ``subset_seed``: the seed of the ``n_train`` subset; None draws it with ``seed`` (so runs with
+      different seeds see different images). Set it to train several seeds on the same images.
+    - ``distill_teacher``: the teacher's config (its hash enters this config's hash); the student
+      is trained on the teacher's temporally averaged, temperature-scaled training-set
+      probabilities (Datta et al. 2023, TGTSS), see :func:`saliency_sanity.mitigation.distillation_targets`.
+      The teacher records its training logits (set automatically) and must train on the same
+      images: same ``n_train`` and, with ``n_train``, the same subset seed.
+    - ``distill_temperature`` (T), ``distill_from_epoch`` (first teacher epoch averaged, 1-based),
+      ``distill_only_unstable`` (soft labels only for samples whose temporal label entropy over the
+      teacher's epochs exceeds this threshold, hard labels elsewhere; None: every sample),
+      ``distill_weight`` (w: loss = (1 - w) CE(hard label) + w CE(soft label) on distilled samples).
+    """
 
     arch: str = "vgg"
     seed: int = 0
@@ -35,12 +61,70 @@ class TrainConfig:
     n_train: int | None = None
     permute_labels: bool = False  # data randomization test (Adebayo et al. 2018, Sec. 5)
     label_smoothing: float = 0.0
+    confidence_penalty: float = 0.0
+    record_train_logits: bool = False
+    subset_seed: int | None = None
+    distill_teacher: "TrainConfig | None" = None
+    distill_temperature: float = 2.0
+    distill_weight: float = 0.5
+    distill_only_unstable: float | None = None
+    distill_from_epoch: int = 1
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got {self}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.confidence_penalty >= 0.0:
+            raise ValueError(f"confidence_penalty (beta) must be >= 0, got {self.confidence_penalty}")
+        teacher = self.distill_teacher
+        if teacher is None:
+            changed = [f.name for f in fields(self) if f.name.startswith("distill_") and getattr(self, f.name) != f.default]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} only apply to a distilled student; set distill_teacher to "
+                                 "the teacher's TrainConfig, or leave them at their defaults")
+            return
+        if not isinstance(teacher, TrainConfig):
+            raise TypeError(f"distill_teacher must be the teacher's TrainConfig, got {type(teacher).__name__}")
+        if not teacher.record_train_logits:  # normalised, so both spellings share one hash
+            object.__setattr__(self, "distill_teacher", teacher := replace(teacher, record_train_logits=True))
+        if not self.distill_temperature > 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1] (1: soft labels only), got {self.distill_weight}")
+        if self.distill_only_unstable is not None and not self.distill_only_unstable >= 0:
+            raise ValueError(f"distill_only_unstable is a label-entropy threshold >= 0 (or None), "
+                             f"got {self.distill_only_unstable}")
+        if not 1 <= self.distill_from_epoch <= teacher.epochs:
+            raise ValueError(f"distill_from_epoch must be in [1, {teacher.epochs}] (the teacher's epochs), "
+                             f"got {self.distill_from_epoch}")
+        if teacher.n_train != self.n_train or (self.n_train is not None and teacher.data_seed != self.data_seed):
+            raise ValueError(
+                "the student must train on the teacher's images: give both the same n_train and, with n_train, "
+                f"the same subset_seed (teacher: n_train={teacher.n_train}, subset seed {teacher.data_seed}; "
+                f"student: n_train={self.n_train}, subset seed {self.data_seed})")
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the ``n_train`` subset."""
+        return self.seed if self.subset_seed is None else self.subset_seed
+
+
+# Fields added after caches existed: out of the hash while at their default (old keys unchanged).
+_OPTIONAL_FIELDS = ("confidence_penalty", "record_train_logits", "subset_seed", "distill_teacher",
+                    "distill_temperature", "distill_weight", "distill_only_unstable", "distill_from_epoch")
+
+
+def config_key(config: TrainConfig) -> dict:
+    """The config as it enters the cache hash: optional fields only where they differ from their default."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    key = {}
+    for name in defaults:
+        value = getattr(config, name)
+        if name in _OPTIONAL_FIELDS and value == defaults[name]:
+            continue
+        key[name] = config_key(value) if isinstance(value, TrainConfig) else value
+    return key
 
 
 @dataclass
@@ -49,13 +133,48 @@ class TrainedModel:
     config: TrainConfig
     history: pd.DataFrame
     directory: Path
+    # Per-epoch logits of the epochs trained in this process ({epoch: {"test_logits": ...}}), so that
+    # a run with cache=False can still be read; other epochs come from the checkpoints.
+    records: dict = field(default_factory=dict, repr=False)
+    fingerprint: str | None = None  # data_fingerprint of the images it was trained on
 
     def checkpoint(self, epoch: int) -> dict:
         """The stored state of ``epoch`` (1-based): weights and the test-set logits after it."""
         return safe_torch_load(self.directory / f"epoch_{epoch:03d}.pt")
 
+    def _logits(self, name: str, epoch: int | None) -> torch.Tensor:
+        epoch = epoch or self.config.epochs
+        if not 1 <= epoch <= self.config.epochs:
+            raise ValueError(f"epoch must be in [1, {self.config.epochs}], got {epoch}")
+        if name in self.records.get(epoch, {}):
+            return self.records[epoch][name].float()
+        path = self.directory / f"epoch_{epoch:03d}.pt"
+        if not path.exists():
+            raise ValueError(f"no {name} for epoch {epoch}: {path} does not exist (trained with cache=False in "
+                             "another process?); retrain with cache=True")
+        state = self.checkpoint(epoch)
+        if name not in state:
+            raise ValueError(f"{path} has no {name}; train with record_train_logits=True to record them")
+        return state[name].float()
+
     def test_logits(self, epoch: int | None = None) -> torch.Tensor:
-        return self.checkpoint(epoch or self.config.epochs)["test_logits"].float()
+        """Test-set logits [N, K] after ``epoch`` (default: the last), stored as float16."""
+        return self._logits("test_logits", epoch)
+
+    def train_logits(self, epoch: int | None = None) -> torch.Tensor:
+        """Training-set logits [N, K] after ``epoch`` (needs ``record_train_logits``), in training-set order."""
+        return self._logits("train_logits", epoch)
+
+    def epoch_logits(self, split: str = "test", from_epoch: int = 1) -> torch.Tensor:
+        """Logits of every epoch from ``from_epoch`` on, stacked: [E, N, K]."""
+        if split not in ("test", "train"):
+            raise ValueError(f"unknown split {split!r}; choose 'test' or 'train'")
+        return torch.stack([self._logits(f"{split}_logits", e) for e in range(from_epoch, self.config.epochs + 1)])
+
+    @property
+    def seconds(self) -> float:
+        """Training time in seconds, summed over the epochs (as measured when they were trained)."""
+        return float(self.history["seconds"].sum())
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -72,6 +191,11 @@ def data_fingerprint(data: ImageSet) -> str:
     h.update(data.labels.numpy().tobytes())
     h.update(data.images[:: max(1, len(data) // 512)].numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def training_subset(config: TrainConfig, train: ImageSet) -> ImageSet:
+    """The images ``config`` trains on: all of ``train`` or its seeded ``n_train`` subset."""
+    return train if config.n_train is None else train.subset(config.n_train, seed=config.data_seed)
 
 
 def training_labels(config: TrainConfig, labels: torch.Tensor) -> torch.Tensor:
@@ -94,21 +218,32 @@ def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
 
 
 def train_model(config: TrainConfig, train: ImageSet, test: ImageSet, *, device="auto",
-                cache: bool = True, progress: bool = True, root: Path | None = None) -> TrainedModel:
+                cache: bool = True, progress: bool = True, root: Path | None = None,
+                teacher: TrainedModel | None = None) -> TrainedModel:
     """Train (or load from the cache) the model that ``config`` describes on ``train``.
 
-    Keeps a checkpoint per epoch holding weights, optimizer state and the test-set logits, so
-    later chapters can read per-epoch predictions without retraining.
+    Keeps a checkpoint per epoch holding weights, optimizer state and the test-set logits (and the
+    training-set logits with ``record_train_logits``), so later chapters can read per-epoch
+    predictions without retraining. A distilled student (``config.distill_teacher``) trains its
+    teacher first (or loads it from the cache), unless the trained ``teacher`` is passed.
     """
     device = resolve_device(device)
-    if config.n_train is not None:
-        train = train.subset(config.n_train, seed=config.seed)
-    key = {"train": asdict(config), "data": data_fingerprint(train), "test": data_fingerprint(test)}
+    full_train, train = train, training_subset(config, train)
+    fingerprint = data_fingerprint(train)
+    key = {"train": config_key(config), "data": fingerprint, "test": data_fingerprint(test)}
     directory = (root or cache_root() / "models") / f"{config.arch}-{config_hash(key)}"
+    soft = distill = None
+    if config.distill_teacher is not None:
+        if teacher is None:
+            teacher = train_model(config.distill_teacher, full_train, test, device=device, cache=cache,
+                                  progress=progress, root=root)
+        soft, distill = student_targets(config, teacher, fingerprint)
+        soft, distill = soft.to(device), distill.to(device)
     model = build_model(config.arch, in_channels=train.images.shape[1], num_classes=len(train.classes),
                         seed=config.seed).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history: list[dict] = []
+    records: dict = {}
     start = 0
     if cache:
         for epoch in range(config.epochs, 0, -1):
@@ -126,17 +261,20 @@ def train_model(config: TrainConfig, train: ImageSet, test: ImageSet, *, device=
                disable=not progress or start == config.epochs, leave=False)
     for epoch in bar:
         tic = time.perf_counter()
-        train_loss, train_acc = _one_epoch(model, opt, train.images, labels, config, epoch, device)
+        train_loss, train_acc = _one_epoch(model, opt, train.images, labels, config, epoch, device, soft, distill)
         test_logits = predict_logits(model, test.images, device)
         test_loss = F.cross_entropy(test_logits, test.labels).item()
         test_acc = (test_logits.argmax(1) == test.labels).float().mean().item()
+        record = {"test_logits": test_logits.half()}
+        if config.record_train_logits:
+            record["train_logits"] = predict_logits(model, train.images, device).float()
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                         "test_loss": test_loss, "test_acc": test_acc,
                         "seconds": time.perf_counter() - tic})
+        records[epoch + 1] = record
         bar.set_postfix(test_acc=f"{test_acc:.3f}")
         if cache:
-            atomic_torch_save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-                               "test_logits": test_logits.half(),
+            atomic_torch_save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(), **record,
                                "history": {k: torch.tensor([h[k] for h in history], dtype=torch.float64)
                                            for k in history[0]}},
                               directory / f"epoch_{epoch + 1:03d}.pt")
@@ -144,7 +282,25 @@ def train_model(config: TrainConfig, train: ImageSet, test: ImageSet, *, device=
     frame = pd.DataFrame(history)
     frame.insert(0, "arch", config.arch)
     frame.insert(1, "seed", config.seed)
-    return TrainedModel(model, config, frame, directory)
+    return TrainedModel(model, config, frame, directory, records, fingerprint)
+
+
+def student_targets(config: TrainConfig, teacher: TrainedModel,
+                    fingerprint: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The soft labels [N, K] and the distilled-sample mask [N] that ``config``'s student trains on.
+
+    Datta et al. (2023), TGTSS: the teacher's training-set probabilities at temperature T averaged
+    over its epochs ``distill_from_epoch``..E (:func:`saliency_sanity.mitigation.distillation_targets`).
+    """
+    if config.distill_teacher is None:
+        raise ValueError("config has no distill_teacher; set it to the teacher's TrainConfig")
+    if teacher.config != config.distill_teacher:
+        raise ValueError(f"the trained teacher's config {teacher.config} is not the student's distill_teacher "
+                         f"{config.distill_teacher}; pass the matching teacher")
+    if fingerprint is not None and teacher.fingerprint is not None and teacher.fingerprint != fingerprint:
+        raise ValueError("the teacher was trained on other images than the student; train both on the same data")
+    return distillation_targets(teacher.epoch_logits("train"), config.distill_temperature,
+                                from_epoch=config.distill_from_epoch, only_unstable=config.distill_only_unstable)
 
 
 def _history_from(state: dict) -> list[dict]:
@@ -153,7 +309,28 @@ def _history_from(state: dict) -> list[dict]:
     return [{k: (int(v[i]) if k == "epoch" else float(v[i])) for k, v in cols.items()} for i in range(n)]
 
 
-def _one_epoch(model, opt, images, labels, config: TrainConfig, epoch: int, device) -> tuple[float, float]:
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
+                  soft: torch.Tensor | None = None, distill: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean training loss of one batch under ``config``.
+
+    Cross-entropy with ``label_smoothing``; for a distilled student, on the samples where
+    ``distill`` is True, (1 - w) CE(hard) + w CE(``soft``) with w = ``distill_weight`` (Datta et al.
+    2023); minus beta times the mean entropy of the predicted distribution (confidence penalty,
+    Pereyra et al. 2017, Eq. 2).
+    """
+    if soft is None:
+        loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+    else:
+        hard = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing, reduction="none")
+        w = config.distill_weight if distill is None else torch.where(distill, config.distill_weight, 0.0)
+        loss = ((1 - w) * hard + w * soft_cross_entropy(logits, soft)).mean()
+    if config.confidence_penalty:
+        loss = loss - config.confidence_penalty * prediction_entropy(logits).mean()
+    return loss
+
+
+def _one_epoch(model, opt, images, labels, config: TrainConfig, epoch: int, device,
+               soft=None, distill=None) -> tuple[float, float]:
     model.train()
     gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     order = torch.randperm(len(labels), generator=gen)
@@ -162,7 +339,9 @@ def _one_epoch(model, opt, images, labels, config: TrainConfig, epoch: int, devi
         idx = order[i:i + config.batch_size]
         xb, yb = images[idx].to(device), labels[idx].to(device)
         logits = model(xb)
-        loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
+        dev_idx = idx.to(device) if soft is not None else None
+        loss = training_loss(logits, yb, config, None if soft is None else soft[dev_idx],
+                             None if distill is None else distill[dev_idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
