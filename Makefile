@@ -51,7 +51,11 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install
-	$(PY) benchmarks/methods.py
+	$(PY) -m pip install -q -e ".[all,bench]" $(PIP_QUIET)
+	$(PY) benchmarks/methods.py --model vgg --csv benchmarks/results/methods_vgg_cpu.csv
+	$(PY) benchmarks/methods.py --model resnet --csv benchmarks/results/methods_resnet_cpu.csv
+	$(PY) benchmarks/randomization.py --model vgg --csv benchmarks/results/randomization_vgg_cpu.csv
+	$(PY) benchmarks/report.py
 
 clean:
 	rm -rf book/_build book/generated

@@ -1,6 +1,7 @@
 """The sanity checks as tidy tables: structure, invariants and restoration of the model."""
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -8,7 +9,10 @@ import torch
 from saliency_sanity.checks import (PAPER_METHODS, class_sensitivity, data_randomization_test, method_requests,
                                     paper_methods,
                                     positive_handling_summary, randomization_test)
+from saliency_sanity.methods.many import attribute_many
 from saliency_sanity.models import build_model
+from saliency_sanity.randomization import randomized
+from saliency_sanity.similarity import similarity
 
 FAST = ["gradient", "guided_backprop", "gradcam", "gradcam/positive"]
 
@@ -64,6 +68,27 @@ def test_cascading_randomization_table(vgg, x):
     last = frame[(frame.stage == n_stages - 1) & (frame.method == "gradient") & (frame.metric == "spearman_abs")]
     assert last.value.mean() < 0.9
     assert all(torch.equal(v, before[k]) for k, v in vgg.state_dict().items())
+
+
+def test_randomization_values_equal_direct_similarity_calls(vgg, x):
+    """The runner stacks the labels' maps into one similarity batch and moves the values to the
+    host once; every value must still equal similarity() of that label's own maps at that stage."""
+    frame = randomization_test(vgg, x, FAST, metrics=["spearman_abs", "ssim"], batch_size=2, progress=False)
+    requests = method_requests(FAST)
+    chunks = [x[:2], x[2:]]  # the runner's batches: same batch shapes, same floating-point sums
+    with randomized(vgg, mode="cascading", order="top_down", init="truncated_normal", std=0.01, seed=0) as stages:
+        for stage in stages:
+            maps = [attribute_many(vgg, xb, "top1", requests, reduce=None, seed=0) for xb in chunks]
+            if stage.index == 0:
+                reference = maps
+            for label, *_ in requests:
+                for metric in ("spearman_abs", "ssim"):
+                    expected = torch.cat([similarity(r[label], m[label], metric) for r, m in zip(reference, maps)])
+                    got = frame[(frame.stage == stage.index) & (frame.label == label) & (frame.metric == metric)]
+                    assert got.image.tolist() == list(range(len(x)))
+                    assert got.target.tolist() == torch.cat([m["target"] for m in maps]).tolist()
+                    np.testing.assert_allclose(got.value.to_numpy(), expected.double().numpy(), rtol=1e-6,
+                                               atol=1e-7, equal_nan=True)
 
 
 def test_selected_stages_and_fixed_target(vgg, x):

@@ -116,13 +116,57 @@ def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
     return tuple(metrics)
 
 
-def _rows(frame_parts: list, label_to_method: dict, sims: dict, *, stage, layer, images, targets,
-          label) -> None:
-    name, variant = label_to_method[label]
-    for metric, values in sims.items():
-        frame_parts.append(pd.DataFrame({
-            "method": name, "variant": variant, "label": label, "stage": stage, "layer": layer,
-            "image": images, "target": targets, "metric": metric, "value": values.detach().cpu().double().numpy()}))
+class _Rows:
+    """Result rows kept on the model's device and turned into one DataFrame at the end.
+
+    One host transfer for the whole run instead of one per stage, label and metric: on a GPU the
+    per-stage syncs and small DataFrames otherwise cost more than the passes themselves.
+    """
+
+    def __init__(self, label_to_method: dict):
+        self.label_to_method = label_to_method
+        self.keys: list[tuple] = []
+        self.values: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def add(self, sims: dict, *, label: str, stage: int, layer: str, images: list, targets: torch.Tensor) -> None:
+        for metric, values in sims.items():
+            self.keys.append((label, stage, layer, metric, images))
+            self.values.append(values.detach().float().flatten())
+            self.targets.append(targets.detach().flatten())
+
+    def frame(self) -> pd.DataFrame:
+        values = torch.cat(self.values).cpu().double().numpy()
+        targets = torch.cat(self.targets).cpu().numpy()
+        columns: dict[str, list] = {k: [] for k in ("method", "variant", "label", "stage", "layer", "image", "metric")}
+        for label, stage, layer, metric, images in self.keys:
+            name, variant = self.label_to_method[label]
+            n = len(images)
+            for key, value in (("method", name), ("variant", variant), ("label", label), ("stage", stage),
+                               ("layer", layer), ("metric", metric)):
+                columns[key].extend([value] * n)
+            columns["image"].extend(images)
+        frame = pd.DataFrame(columns)
+        frame.insert(6, "target", targets)
+        frame["value"] = values
+        return frame
+
+
+def _stacked_similarities(reference: dict, maps: dict, metrics: tuple) -> dict[str, dict]:
+    """``similarity_table`` of every label's maps against its reference, with the labels whose maps
+    have one shape stacked into one batch: every metric is per image, so the values are those of
+    one call per label, for a fraction of the kernel launches."""
+    groups: dict[tuple, list[str]] = {}
+    for lab in reference:
+        groups.setdefault(tuple(maps[lab].shape), []).append(lab)
+    out = {}
+    for labs in groups.values():
+        sims = similarity_table(torch.cat([reference[lab] for lab in labs]), torch.cat([maps[lab] for lab in labs]),
+                                metrics)
+        n = len(maps[labs[0]])
+        for i, lab in enumerate(labs):
+            out[lab] = {metric: values[i * n:(i + 1) * n] for metric, values in sims.items()}
+    return out
 
 
 def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, mode: str = "cascading",
@@ -153,7 +197,7 @@ def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, 
     ids = list(image_ids) if image_ids is not None else list(range(len(x)))
     label_to_method = {lab: (name, _variant(name, opts)) for lab, name, opts in requests}
     device = next(model.parameters()).device
-    parts: list[pd.DataFrame] = []
+    rows = _Rows(label_to_method)
     with preserved(model):
         with torch.no_grad():
             fixed = (torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
@@ -175,16 +219,16 @@ def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, 
                     target = "top1" if explain == "current_top1" else fixed[start:start + batch_size]
                     maps = attribute_many(model, xb, target, requests, reduce=None, seed=seed)
                     chunk = start // batch_size
-                    for lab in label_to_method:
-                        if stage.index == 0:
+                    if stage.index == 0:
+                        for lab in label_to_method:
                             reference.setdefault(lab, []).append(maps[lab])
-                        sims = similarity_table(reference[lab][chunk], maps[lab], metrics)
-                        _rows(parts, label_to_method, sims, stage=stage.index, layer=layer,
-                              images=ids[start:start + len(xb)], targets=maps["target"].cpu().numpy(),
-                              label=lab)
+                    for lab, sims in _stacked_similarities({lab: reference[lab][chunk] for lab in label_to_method},
+                                                           maps, metrics).items():
+                        rows.add(sims, label=lab, stage=stage.index, layer=layer,
+                                 images=ids[start:start + len(xb)], targets=maps["target"])
                     bar.update(1)
             bar.close()
-    frame = pd.concat(parts, ignore_index=True)
+    frame = rows.frame()
     frame["mode"], frame["order"] = mode, order
     return frame
 
