@@ -9,7 +9,7 @@ export SALIENCY_SANITY_CACHE ?= $(CURDIR)/.cache
 # pip on this kind of machine prints one warning per missing local index entry; keep logs readable
 PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: all install data browser book test test-fast smoke bench clean distclean
+.PHONY: all install data browser book test test-fast smoke bench headline clean distclean
 
 all: book
 
@@ -56,6 +56,10 @@ bench: install
 	$(PY) benchmarks/methods.py --model resnet --csv benchmarks/results/methods_resnet_cpu.csv
 	$(PY) benchmarks/randomization.py --model vgg --csv benchmarks/results/randomization_vgg_cpu.csv
 	$(PY) benchmarks/report.py
+
+# the README's figure, from a book built with the default profile
+headline:
+	cp book/figures/positive_handling_summary.png docs/headline.png
 
 clean:
 	rm -rf book/_build book/generated
