@@ -179,3 +179,27 @@ def positive_handling_scatter(summary: pd.DataFrame, *, threshold: float = 0.5) 
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def completeness_soundness_scatter(table: pd.DataFrame) -> plt.Figure:
+    """Mean completeness (x) vs mean soundness (y) per method (Gupta et al. 2022, Sec. 4): a method
+    that explains the prediction sits top right; the class-agnostic control shows how much
+    soundness a map gets by never proving any other label."""
+    fig, ax = plt.subplots(figsize=(6.0, 4.8))
+    sns.scatterplot(table, x="completeness", y="soundness", hue="method", legend=False, s=60, ax=ax)
+    for row in table.itertuples():
+        ax.annotate(row.method, (row.completeness, row.soundness), fontsize=6, xytext=(3, 2),
+                    textcoords="offset points")
+    ax.set(xlabel="completeness (predicted label's map)", ylabel="soundness (other labels' maps)")
+    fig.tight_layout()
+    return fig
+
+
+def insertion_deletion_curves(curves: pd.DataFrame) -> plt.Figure:
+    """Mean probability of the explained label against the fraction of pixels inserted (kept) or
+    deleted, most salient first, one line per method (Petsiuk et al. 2018, Sec. 4.1). Columns:
+    method, curve ("insertion"/"deletion"), fraction, probability."""
+    grid = sns.relplot(curves, x="fraction", y="probability", hue="method", col="curve", kind="line",
+                       errorbar=None, height=3.4, aspect=1.1, facet_kws={"sharey": True})
+    grid.set_axis_labels("fraction of pixels (most salient first)", "probability of the label")
+    return grid.figure

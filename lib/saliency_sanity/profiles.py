@@ -18,6 +18,8 @@ class Profile:
     smoothgrad_samples: int
     permuted_n_train: int = 2_000  # data randomization test: images memorised with permuted labels
     permuted_epochs: int = 40  # enough for > 95 % training accuracy on 2,000 images (measured: 98 %)
+    soundness_images: int = 20  # test images whose maps are made for all 10 labels (completeness/soundness)
+    mask_steps: int = 300  # Adam steps of the sound-mask method
     archs: tuple[str, ...] = ("vgg", "resnet")
     device: str = "auto"
 
@@ -27,11 +29,12 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile("smoke", n_train=3_000, epochs=2, seeds=(0, 1), n_images=8, ig_steps=8,
-                     smoothgrad_samples=4, permuted_n_train=256, permuted_epochs=8),
+                     smoothgrad_samples=4, permuted_n_train=256, permuted_epochs=8, soundness_images=3,
+                     mask_steps=20),
     "default": Profile("default", n_train=None, epochs=4, seeds=(0, 1, 2, 3, 4), n_images=100,
                        ig_steps=32, smoothgrad_samples=16),
     "full": Profile("full", n_train=None, epochs=10, seeds=tuple(range(10)), n_images=1000,
-                    ig_steps=64, smoothgrad_samples=50),
+                    ig_steps=64, smoothgrad_samples=50, soundness_images=100),
 }
 
 
