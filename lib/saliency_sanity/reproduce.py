@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from .profiles import get_profile
 
-BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "notebooks")
+# benchmarks/results: the performance appendix includes its generated tables
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "notebooks", "benchmarks/results")
 GENERATED = Path("book/generated")
 FIGURES = Path("book/figures")
 
