@@ -1,4 +1,6 @@
-"""Command line: ``python -m saliency_sanity reproduce --profile smoke|default|full``."""
+"""Command line: ``python -m saliency_sanity reproduce --profile smoke|default|full`` (the book) and
+``python -m saliency_sanity check --model ... --images DIR`` (the checks on your own model; under
+``torchrun`` the images are split across processes)."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +23,35 @@ def main(argv: list[str] | None = None) -> int:
                      help="build a copy of the book in this folder instead of in place")
     rep.add_argument("--only", nargs="*", default=None, help="notebook stems to run, e.g. 00_models")
     rep.add_argument("--no-build", action="store_true", help="execute notebooks, skip jupyter-book")
+    chk = sub.add_parser("check", help="run the sanity checks on your own model and images")
+    chk.add_argument("--model", required=True,
+                     help="torchvision:NAME (e.g. torchvision:vgg16) or package.module:factory")
+    chk.add_argument("--weights", default="none", help="none (random init), DEFAULT (torchvision's) or a state-dict path")
+    chk.add_argument("--images", required=True, type=Path, help="a folder of images or of class subfolders")
+    chk.add_argument("--methods", default="gradient,guided_backprop,gradcam", help="comma-separated method names")
+    chk.add_argument("--tests", default="randomization,class_sensitivity", help="randomization,class_sensitivity")
+    chk.add_argument("--metrics", default="spearman_abs,ssim", help="comma-separated similarity metrics")
+    chk.add_argument("--mode", default="cascading", choices=["cascading", "independent"])
+    chk.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    chk.add_argument("--batch-size", type=int, default=16)
+    chk.add_argument("--limit", type=int, default=None, help="use the first N images only")
+    chk.add_argument("--seed", type=int, default=0)
+    chk.add_argument("--out", type=Path, default=Path("results.csv"), help="CSV file for the tidy result table")
+    chk.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+
+    if args.command == "check":
+        from .check import run_check, summary
+        from .cache import atomic_write_text
+
+        frame = run_check(args.model, args.images, weights=args.weights, methods=args.methods, tests=args.tests,
+                          metrics=args.metrics, mode=args.mode, device=args.device, batch_size=args.batch_size,
+                          limit=args.limit, seed=args.seed, progress=not args.quiet)
+        if frame is not None:  # rank 0 of a torchrun launch, or the only process
+            atomic_write_text(frame.to_csv(index=False), args.out)
+            print(summary(frame).to_string(float_format=lambda v: f"{v:.3f}"))
+            print(f"{len(frame)} rows -> {args.out}")
+        return 0
 
     if args.command == "reproduce":
         from .reproduce import reproduce

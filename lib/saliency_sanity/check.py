@@ -1,0 +1,88 @@
+"""The sanity checks on your own model and images: what ``python -m saliency_sanity check`` runs.
+
+Loads the model (:mod:`saliency_sanity.byom`) and the images (:mod:`saliency_sanity.folder`), runs
+the randomization test and/or class sensitivity (:mod:`saliency_sanity.checks`) on this process's
+share of the images (:mod:`saliency_sanity.distributed`) and returns one tidy table with a ``test``
+column and the image's file name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from . import distributed
+from .byom import default_layer, load_model
+from .checks import class_sensitivity, randomization_test
+from .folder import load_image_folder
+from .methods import METHODS
+from .similarity import SIMILARITY_METRICS
+
+TESTS = ("randomization", "class_sensitivity")
+LAYERED = ("gradcam", "gradcam_pp")  # methods that read one layer
+
+
+def _split(value: str | Sequence[str], name: str, choices: Sequence[str]) -> list[str]:
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    items = [v for v in items if v]
+    unknown = [v for v in items if v not in choices]
+    if not items or unknown:
+        raise ValueError(f"unknown {name} {unknown or value!r}; choose from {list(choices)}")
+    return items
+
+
+def run_check(model: str, images: str | Path, *, weights: str = "none", methods="gradient,guided_backprop,gradcam",
+              tests="randomization,class_sensitivity", metrics="spearman_abs,ssim", mode: str = "cascading",
+              device: str = "auto", batch_size: int = 16, limit: int | None = None, seed: int = 0,
+              progress: bool = True) -> pd.DataFrame | None:
+    """Run the checks; the whole table on rank 0 (and in a single process), None on other ranks."""
+    methods = _split(methods, "method(s)", [m for m in METHODS if m != "sound_mask"])
+    tests = _split(tests, "test(s)", TESTS)
+    metrics = _split(metrics, "metric(s)", SIMILARITY_METRICS)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ranks, dev = distributed.init(device)
+    try:
+        loaded = load_model(model, weights)
+        net = loaded.model.to(dev)
+        data = load_image_folder(images, limit=limit)
+        mine = distributed.shard(len(data.images), ranks)
+        x = data.images[mine.start:mine.stop].to(dev)
+        ids = list(mine)
+        layer = default_layer(net) if any(m in LAYERED for m in methods) else None
+        requests = [(m, m, {"layer": layer} if m in LAYERED else {}) for m in methods]
+        frames = []
+        if len(x):
+            show = progress and ranks.is_main
+            if "randomization" in tests:
+                frames.append(randomization_test(net, x, requests, mode=mode, metrics=metrics, seed=seed,
+                                                 batch_size=batch_size, image_ids=ids, progress=show)
+                              .assign(test="randomization"))
+            if "class_sensitivity" in tests:
+                frames.append(class_sensitivity(net, x, requests, metrics=metrics, seed=seed, batch_size=batch_size,
+                                                image_ids=ids, progress=show).assign(test="class_sensitivity"))
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        frame = distributed.gather(frame, ranks)
+    finally:
+        distributed.finish()
+    if frame is None:
+        return None
+    frame["file"] = [data.paths[i] for i in frame["image"]]
+    frame["model"] = loaded.name
+    return frame
+
+
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean similarity per test, method and metric (randomization: at the last stage; class
+    sensitivity: per class pair). High values are failures of the check."""
+    parts = []
+    if "randomization" in set(frame.test):
+        rand = frame[frame.test == "randomization"]
+        last = rand[rand.stage == rand.stage.max()]
+        parts.append(last.assign(condition="all layers randomized"))
+    if "class_sensitivity" in set(frame.test):
+        cls = frame[frame.test == "class_sensitivity"]
+        parts.append(cls.assign(condition=cls["pair"].astype(str)))
+    both = pd.concat(parts, ignore_index=True)
+    return both.pivot_table(index=["test", "condition", "label"], columns="metric", values="value", aggfunc="mean")
