@@ -35,8 +35,8 @@ def glued(path: Path) -> dict:
     for cell in nbformat.read(path, 4).cells:
         for out in cell.get("outputs", []):
             name = out.get("metadata", {}).get("scrapbook", {}).get("name")
-            if name:
-                values[name] = out["data"]["text/plain"]
+            if name:  # myst-nb stores the value under a papermill-record MIME type ending in text/plain
+                values[name] = next(v for k, v in out["data"].items() if k.endswith("text/plain"))
     return values
 
 

@@ -19,7 +19,7 @@ TRAIN, TEST = synthetic(320, seed=0), synthetic(64, seed=1)
 
 CHILD = textwrap.dedent("""
     import sys, torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(sys.argv[2]))  # the parent's: CPU sums depend on the thread count
     from saliency_sanity.data import synthetic
     from saliency_sanity.training import TrainConfig, train_model
     config = TrainConfig(arch="vgg", seed=3, epochs=8, batch_size=32, n_train=None)
@@ -30,7 +30,7 @@ CHILD = textwrap.dedent("""
 
 def kill_after_epoch(root, epoch: int) -> list[str]:
     """Start the training in a subprocess, SIGKILL it once ``epoch``'s checkpoint exists."""
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(root)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(root), str(torch.get_num_threads())])
     deadline = time.time() + 300
     try:
         while time.time() < deadline and child.poll() is None:
