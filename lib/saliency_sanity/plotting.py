@@ -203,3 +203,35 @@ def insertion_deletion_curves(curves: pd.DataFrame) -> plt.Figure:
                        errorbar=None, height=3.4, aspect=1.1, facet_kws={"sharey": True})
     grid.set_axis_labels("fraction of pixels (most salient first)", "probability of the label")
     return grid.figure
+
+
+def labelled_scatter(frame: pd.DataFrame, x: str, y: str, label: str, *, hue: str | None = None,
+                     xlabel: str | None = None, ylabel: str | None = None) -> plt.Figure:
+    """One annotated point per row (e.g. per method or per mitigation)."""
+    fig, ax = plt.subplots(figsize=(6.0, 4.6))
+    sns.scatterplot(frame, x=x, y=y, hue=hue, s=60, ax=ax, legend=hue is not None)
+    for text, xv, yv in zip(frame[label], frame[x], frame[y]):
+        ax.annotate(str(text), (xv, yv), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    ax.set(xlabel=xlabel or x, ylabel=ylabel or y)
+    fig.tight_layout()
+    return fig
+
+
+def per_sample_scatter(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None, xlabel: str | None = None,
+                       ylabel: str | None = None) -> plt.Figure:
+    """Many samples: small translucent points, a panel per ``hue`` value if given."""
+    grid = sns.relplot(frame, x=x, y=y, col=hue, col_wrap=4 if hue else None, s=12, alpha=0.4, height=2.6,
+                       aspect=1.1)
+    grid.set_axis_labels(xlabel or x, ylabel or y)
+    return grid.figure
+
+
+def bars(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None, xlabel: str | None = None,
+         ylabel: str | None = None) -> plt.Figure:
+    """Bar chart of one value per category (e.g. unstable test images per class)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    sns.barplot(frame, x=x, y=y, hue=hue, ax=ax)
+    ax.set(xlabel=xlabel or x, ylabel=ylabel or y)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig

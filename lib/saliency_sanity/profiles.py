@@ -20,6 +20,10 @@ class Profile:
     permuted_epochs: int = 40  # enough for > 95 % training accuracy on 2,000 images (measured: 98 %)
     soundness_images: int = 20  # test images whose maps are made for all 10 labels (completeness/soundness)
     mask_steps: int = 300  # Adam steps of the sound-mask method
+    stability_n_train: int | None = 6_000  # instability chapter: training images of every retraining run
+    stability_epochs: int = 3  # ... and its epochs (short runs: the chapter trains ~26 models)
+    stability_images: int = 50  # test images whose maps are compared across seeds
+    stability_test_images: int | None = 5_000  # test images predicted after every epoch of every run
     archs: tuple[str, ...] = ("vgg", "resnet")
     device: str = "auto"
 
@@ -30,11 +34,14 @@ class Profile:
 PROFILES = {
     "smoke": Profile("smoke", n_train=3_000, epochs=2, seeds=(0, 1), n_images=8, ig_steps=8,
                      smoothgrad_samples=4, permuted_n_train=256, permuted_epochs=8, soundness_images=3,
-                     mask_steps=20),
+                     mask_steps=20, stability_n_train=600, stability_epochs=2, stability_images=6,
+                     stability_test_images=500),
     "default": Profile("default", n_train=None, epochs=4, seeds=(0, 1, 2, 3, 4), n_images=100,
                        ig_steps=32, smoothgrad_samples=16),
     "full": Profile("full", n_train=None, epochs=10, seeds=tuple(range(10)), n_images=1000,
-                    ig_steps=64, smoothgrad_samples=50, soundness_images=100),
+                    ig_steps=64, smoothgrad_samples=50, soundness_images=100,
+                    stability_n_train=None, stability_epochs=10, stability_images=200,
+                    stability_test_images=None),
 }
 
 

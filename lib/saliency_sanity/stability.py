@@ -272,6 +272,21 @@ def instability_table(probabilities, labels, *, classes: Sequence[str] | None = 
     return frame
 
 
+def edge_map(x: torch.Tensor) -> torch.Tensor:
+    """The model-ignoring control: the Sobel gradient magnitude of the image, summed over channels -> [B, H, W].
+
+    Adebayo et al. (2018), Sec. 3 use an edge detector to show what a map that never looks at the
+    model looks like: perfectly stable across retraining and blind to randomization.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be images [B, C, H, W], got {getattr(x, 'shape', type(x).__name__)}")
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device)
+    kernels = torch.stack([kx, kx.T]).unsqueeze(1)  # [2, 1, 3, 3]
+    flat = x.reshape(-1, 1, *x.shape[-2:])
+    g = torch.nn.functional.conv2d(flat, kernels, padding=1)
+    return g.pow(2).sum(1).sqrt().reshape(x.shape).sum(1)
+
+
 def max_label_entropy(n_runs: int, n_classes: int) -> float:
     """The largest possible label entropy, log min(N_runs, K): for scaling plots and thresholds."""
     return math.log(min(n_runs, n_classes))
