@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nbformat
 import pandas as pd
+import pytest
 import torch
 
 from saliency_sanity.checks import class_sensitivity, data_randomization_test, randomization_test
@@ -40,8 +41,10 @@ def glued(path: Path) -> dict:
     return values
 
 
-def test_book_numbers_are_the_same_in_a_second_smoke_execution(smoke_site, tmp_path):
-    notebook = "04_positive_handling.ipynb"
+@pytest.mark.parametrize("notebook", ["04_positive_handling.ipynb", "06_instability.ipynb"])
+def test_book_numbers_are_the_same_in_a_second_smoke_execution(smoke_site, tmp_path, notebook):
+    """The sanity-check summary and the whole instability chapter (its retraining runs come from the
+    checkpoint cache the first execution filled) give the same glued numbers again."""
     first = glued(smoke_site / "book" / "generated" / notebook)
     assert len(first) > 10
     env = {**os.environ, "SALIENCY_SANITY_CACHE": str(smoke_site.parent / "cache")}  # the build's trained models
