@@ -148,6 +148,26 @@ def test_positive_handling_summary_marks_pass_and_fail():
     out = positive_handling_summary(rand, cls, threshold=0.5).set_index(["label", "test"])
     assert out.loc[("a", "randomization"), "passed"] and not out.loc[("b", "randomization"), "passed"]
     assert math.isclose(out.loc[("b", "class: top1 vs bottom1"), "mean"], 0.95)
+    assert (out["undefined"] == 0).all() and out.loc[("a", "randomization"), "cell"] == "0.10 ✓"
+
+
+def test_positive_handling_summary_never_fails_a_method_on_undefined_pairs():
+    """Constant maps give NaN similarities: counted, left out of the mean, and no verdict when
+    nothing is defined (an all-NaN mean must not read as 'fails')."""
+    nan = float("nan")
+    rand = pd.DataFrame({"label": ["a"] * 3 + ["b"] * 3, "method": ["a"] * 3 + ["b"] * 3, "variant": "default",
+                         "stage": [0, 3, 3] * 2, "metric": "spearman_abs", "value": [1.0, 0.2, nan, 1.0, nan, nan]})
+    cls = pd.DataFrame({"label": ["a", "a", "b"], "method": ["a", "a", "b"], "variant": "default",
+                        "pair": "top1 vs bottom1", "metric": "spearman_abs", "value": [0.9, 0.7, nan]})
+    out = positive_handling_summary(rand, cls, threshold=0.5).set_index(["label", "test"])
+    a_rand, b_rand = out.loc[("a", "randomization")], out.loc[("b", "randomization")]
+    assert (a_rand["count"], a_rand["undefined"], a_rand["mean"]) == (1, 1, 0.2) and a_rand["passed"]
+    assert a_rand["cell"] == "0.20 ✓ (1/2 undefined)"
+    assert b_rand["undefined"] == 2 and b_rand["passed"] is pd.NA
+    assert b_rand["cell"] == "undefined (2/2 constant maps)"
+    a_cls = out.loc[("a", "class: top1 vs bottom1")]
+    assert not a_cls["passed"] and a_cls["cell"] == "0.80 ± 0.14 ✗"
+    assert out.groupby("test").passed.sum().to_dict() == {"class: top1 vs bottom1": 0, "randomization": 1}
 
 
 def test_data_randomization_compares_two_models(vgg, x):

@@ -296,15 +296,33 @@ def positive_handling_summary(randomization: pd.DataFrame, sensitivity: pd.DataF
     ``randomization``: rows of :func:`randomization_test` (its last stage is used: every layer
     randomized); ``sensitivity``: rows of :func:`class_sensitivity`. A method passes a test when
     the mean similarity is below ``threshold``: its map changed with the model or with the class.
+
+    A similarity is undefined (NaN) when one of the two maps is constant, typically a Grad-CAM map
+    that ReLU empties for the least likely class. Those pairs are counted in ``undefined`` and left
+    out of the mean; when no pair of a method is defined its verdict ``passed`` is missing (``<NA>``),
+    never a fail, and ``cell`` says why.
     """
     last = randomization[randomization.stage == randomization.stage.max()].assign(test="randomization")
     parts = [last, *(g.assign(test=f"class: {pair}") for pair, g in sensitivity.groupby("pair"))]
     both = pd.concat(parts, ignore_index=True)
     out = both.groupby(["label", "method", "variant", "test", "metric"], sort=False).value.agg(
-        ["mean", "std", "count"]).reset_index()
-    out["passed"] = out["mean"] < threshold
-    out["cell"] = [f"{m:.2f} ± {s:.2f} {'✓' if p else '✗'}" for m, s, p in zip(out["mean"], out["std"], out["passed"])]
+        ["mean", "std", "count", "size"]).reset_index()
+    out["undefined"] = out.pop("size") - out["count"]
+    out["passed"] = pd.array([pd.NA if c == 0 else bool(m < threshold) for m, c in zip(out["mean"], out["count"])],
+                             dtype="boolean")
+    out["cell"] = [_summary_cell(*row) for row in zip(out["mean"], out["std"], out["count"], out["undefined"],
+                                                      out["passed"])]
     return out
+
+
+def _summary_cell(mean: float, std: float, count: int, undefined: int, passed) -> str:
+    """``"0.42 ± 0.10 ✓"``, with the share of undefined pairs when there are any."""
+    total = count + undefined
+    if count == 0:
+        return f"undefined ({undefined}/{total} constant maps)"
+    spread = f" ± {std:.2f}" if count > 1 else ""
+    note = f" ({undefined}/{total} undefined)" if undefined else ""
+    return f"{mean:.2f}{spread} {'✓' if passed else '✗'}{note}"
 
 
 def data_randomization_test(model: nn.Module, random_label_model: nn.Module, x: torch.Tensor, methods: Iterable, *,

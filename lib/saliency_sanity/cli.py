@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("reproduce", help="run every notebook with papermill and build the book")
     rep.add_argument("--profile", default="default", choices=list(PROFILES),
-                     help="how much work to do: smoke (CI, minutes), default (2 CPU cores, <30 min), full (GPU)")
+                     help="how much work to do: smoke (CI, minutes), default (2 CPU cores, 20-45 min), full (GPU)")
     rep.add_argument("--root", type=Path, default=None, help="project root (default: found from the cwd)")
     rep.add_argument("--site", type=Path, default=None,
                      help="build a copy of the book in this folder instead of in place")

@@ -177,6 +177,12 @@ def positive_handling_scatter(summary: pd.DataFrame, *, threshold: float = 0.5) 
     ax.set(xlabel="similarity to the original map after randomizing every layer",
            ylabel="similarity of top-1 and least-likely class maps", xlim=(-0.3, 1.05), ylim=(-0.3, 1.05))
     ax.legend(fontsize=7, loc="lower right")
+    # a method whose every pair is undefined (constant maps) has no point; say so rather than drop it
+    missing = wide[wide[["randomization", class_col]].isna().any(axis=1)]
+    if len(missing):
+        names = ", ".join(f"{row.label} ({row.arch})" for row in missing.itertuples())
+        ax.text(0.01, 0.99, f"not shown, similarity undefined (constant maps): {names}", transform=ax.transAxes,
+                fontsize=6, va="top", wrap=True)
     fig.tight_layout()
     return fig
 
