@@ -161,7 +161,7 @@ def test_positive_handling_summary_never_fails_a_method_on_undefined_pairs():
                         "pair": "top1 vs bottom1", "metric": "spearman_abs", "value": [0.9, 0.7, nan]})
     out = positive_handling_summary(rand, cls, threshold=0.5).set_index(["label", "test"])
     a_rand, b_rand = out.loc[("a", "randomization")], out.loc[("b", "randomization")]
-    assert (a_rand["count"], a_rand["undefined"], a_rand["mean"]) == (1, 1, 0.2) and a_rand["passed"]
+    assert (a_rand["defined"], a_rand["undefined"], a_rand["mean"]) == (1, 1, 0.2) and a_rand["passed"]
     assert a_rand["cell"] == "0.20 ✓ (1/2 undefined)"
     assert b_rand["undefined"] == 2 and b_rand["passed"] is pd.NA
     assert b_rand["cell"] == "undefined (2/2 constant maps)"
@@ -177,3 +177,18 @@ def test_data_randomization_compares_two_models(vgg, x):
     diff = data_randomization_test(vgg, other, x, ["gradient"], metrics=["spearman"], progress=False)
     assert diff.value.abs().mean() < 0.9
     assert set(diff.columns) >= {"method", "variant", "image", "target_a", "target_b", "metric", "value"}
+
+
+def test_cli_summary_counts_undefined_pairs_instead_of_hiding_them():
+    from saliency_sanity.check import summary
+
+    nan = float("nan")
+    frame = pd.DataFrame({"test": ["randomization"] * 4 + ["class_sensitivity"] * 2,
+                          "stage": [0, 2, 2, 2, 0, 0], "pair": [None] * 4 + ["top1 vs bottom1"] * 2,
+                          "label": ["gradcam"] * 6, "metric": "spearman_abs",
+                          "value": [1.0, 0.3, nan, 0.1, nan, nan]})
+    table = summary(frame)
+    assert math.isclose(table.loc[("randomization", "all layers randomized", "gradcam"), "spearman_abs"], 0.2)
+    assert table["undefined pairs"].to_dict() == {("class_sensitivity", "top1 vs bottom1", "gradcam"): 2,
+                                                   ("randomization", "all layers randomized", "gradcam"): 1}
+    assert math.isnan(table.loc[("class_sensitivity", "top1 vs bottom1", "gradcam"), "spearman_abs"])

@@ -14,7 +14,7 @@ import pandas as pd
 
 from . import distributed
 from .byom import default_layer, load_model
-from .checks import class_sensitivity, randomization_test
+from .checks import class_sensitivity, randomization_test, similarity_means
 from .folder import load_image_folder
 from .methods import METHODS
 from .similarity import SIMILARITY_METRICS
@@ -74,8 +74,9 @@ def run_check(model: str, images: str | Path, *, weights: str = "none", methods=
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean similarity per test, method and metric (randomization: at the last stage; class
-    sensitivity: per class pair). High values are failures of the check."""
+    """Mean similarity per test, method and metric over the defined pairs (randomization: at the
+    last stage; class sensitivity: per class pair), with the count of undefined pairs when there are
+    any. High values are failures of the check."""
     parts = []
     if "randomization" in set(frame.test):
         rand = frame[frame.test == "randomization"]
@@ -85,4 +86,10 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
         cls = frame[frame.test == "class_sensitivity"]
         parts.append(cls.assign(condition=cls["pair"].astype(str)))
     both = pd.concat(parts, ignore_index=True)
-    return both.pivot_table(index=["test", "condition", "label"], columns="metric", values="value", aggfunc="mean")
+    index = ["test", "condition", "label"]
+    means = similarity_means(both, [*index, "metric"])
+    table = means.pivot(index=index, columns="metric", values="mean")
+    undefined = means.groupby(index).undefined.sum()
+    if undefined.any():  # pairs with a constant map: no similarity, left out of the means
+        table["undefined pairs"] = undefined
+    return table

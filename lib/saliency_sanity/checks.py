@@ -305,22 +305,28 @@ def positive_handling_summary(randomization: pd.DataFrame, sensitivity: pd.DataF
     last = randomization[randomization.stage == randomization.stage.max()].assign(test="randomization")
     parts = [last, *(g.assign(test=f"class: {pair}") for pair, g in sensitivity.groupby("pair"))]
     both = pd.concat(parts, ignore_index=True)
-    out = both.groupby(["label", "method", "variant", "test", "metric"], sort=False).value.agg(
-        ["mean", "std", "count", "size"]).reset_index()
-    out["undefined"] = out.pop("size") - out["count"]
-    out["passed"] = pd.array([pd.NA if c == 0 else bool(m < threshold) for m, c in zip(out["mean"], out["count"])],
+    out = similarity_means(both, ["label", "method", "variant", "test", "metric"])
+    out["passed"] = pd.array([pd.NA if n == 0 else bool(m < threshold) for m, n in zip(out["mean"], out["defined"])],
                              dtype="boolean")
-    out["cell"] = [_summary_cell(*row) for row in zip(out["mean"], out["std"], out["count"], out["undefined"],
+    out["cell"] = [_summary_cell(*row) for row in zip(out["mean"], out["std"], out["defined"], out["undefined"],
                                                       out["passed"])]
     return out
 
 
-def _summary_cell(mean: float, std: float, count: int, undefined: int, passed) -> str:
+def similarity_means(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Mean and std of ``value`` per group over the pairs where the similarity is defined, with the
+    counts ``defined`` and ``undefined`` (NaN: a pair with a constant map, see :func:`similarity`)."""
+    out = frame.groupby(list(by), sort=False).value.agg(mean="mean", std="std", defined="count", pairs="size")
+    out["undefined"] = out.pop("pairs") - out["defined"]
+    return out.reset_index()
+
+
+def _summary_cell(mean: float, std: float, defined: int, undefined: int, passed) -> str:
     """``"0.42 ± 0.10 ✓"``, with the share of undefined pairs when there are any."""
-    total = count + undefined
-    if count == 0:
+    total = defined + undefined
+    if defined == 0:
         return f"undefined ({undefined}/{total} constant maps)"
-    spread = f" ± {std:.2f}" if count > 1 else ""
+    spread = f" ± {std:.2f}" if defined > 1 else ""
     note = f" ({undefined}/{total} undefined)" if undefined else ""
     return f"{mean:.2f}{spread} {'✓' if passed else '✗'}{note}"
 
