@@ -100,13 +100,15 @@ def peers(model: nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int) -
         "fullgrad": grad_cam(FullGrad),
     }
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):  # Zennit needs its canonizers for BN
-        out["lrp_epsilon"] = zennit(Epsilon(1e-6))
+        out["lrp_epsilon"] = zennit(Epsilon(0.25))  # our default epsilon
         out["lrp_alpha_beta"] = zennit(AlphaBeta(2.0, 1.0))
     return out
 
 
 SHARED = ["gradient", "input_x_gradient", "gradcam", "gradcam_pp", "fullgrad"]
-OURS_OPTIONS = {"integrated_gradients": {"steps": 32}, "smoothgrad": {"n_samples": 16}}
+# the same work as the peer: pytorch-grad-cam's FullGrad scales per channel
+OURS_OPTIONS = {"integrated_gradients": {"steps": 32}, "smoothgrad": {"n_samples": 16},
+                "fullgrad": {"normalize": "per_channel"}}
 
 
 def main() -> None:

@@ -4,22 +4,39 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from pytorch_grad_cam import FullGrad, GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
 
+from peers import random_batchnorm, rgb_images, rgb_model
 from saliency_sanity import attribute, attribute_many
 from saliency_sanity.methods.cam import handle
 from saliency_sanity.models import build_model, get_layer
 
 LAYERS = {"vgg": "features.relu3", "resnet": "layer3"}
+CLASSES = [3, 4, 8]  # classes whose Grad-CAM is non-zero on every image of every case
 
 
-@pytest.fixture(params=["vgg", "resnet"])
-def arch_model(request):
-    return request.param, build_model(request.param, seed=0).eval()
+def live_batchnorm(model):
+    """Random BatchNorm statistics, so that FullGrad's BatchNorm bias terms are live, and in every
+    BatchNorm channel 0 with an effective bias of exactly 0 (eps = 0, var = weight = 1, bias = mean):
+    the per-channel scaling hides the size of a bias, not whether it vanishes, so a wrong formula for
+    the effective bias gives channel 0 a map of its own."""
+    random_batchnorm(model)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps = 0.0
+                m.running_var[0], m.weight[0], m.bias[0] = 1.0, 1.0, m.running_mean[0]
+    return model
 
 
-@pytest.fixture
-def x():
-    return torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+@pytest.fixture(params=["vgg", "resnet", "vgg-rgb", "resnet-rgb"])
+def case(request):
+    """(CAM layer, model, images): the 1x28x28 project models and the narrow 3-channel models on
+    non-square 22x30 images (peers.RGB_SHAPE); float32, as pytorch-grad-cam computes in float32."""
+    arch, rgb = request.param.split("-")[0], request.param.endswith("rgb")
+    model = rgb_model(arch) if rgb else build_model(arch, seed=0).eval()
+    x = rgb_images() if rgb else torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    return LAYERS[arch], live_batchnorm(model), x
 
 
 def minmax(m):
@@ -27,33 +44,43 @@ def minmax(m):
     return m / m.flatten(1).amax(1)[:, None, None]
 
 
-def test_gradcam_equals_captum_layer_gradcam(arch_model, x):
-    arch, model = arch_model
-    target = torch.tensor([0, 5, 9])
+def test_gradcam_equals_captum_layer_gradcam(case):
+    layer, model, x = case
+    target = torch.tensor(CLASSES[:len(x)])
     ours = attribute(model, x, target, "gradcam")
-    layer_map = LayerGradCam(model, get_layer(model, LAYERS[arch])).attribute(x, target=target, relu_attributions=True)
-    theirs = LayerAttribution.interpolate(layer_map, (28, 28), interpolate_mode="bilinear").squeeze(1)
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)  # float32
+    layer_map = LayerGradCam(model, get_layer(model, layer)).attribute(x, target=target, relu_attributions=True)
+    theirs = LayerAttribution.interpolate(layer_map, x.shape[-2:], interpolate_mode="bilinear").squeeze(1)
+    assert ours.shape == (len(x), *x.shape[-2:]) and (ours.flatten(1).amax(1) > 0).all()
+    # float32; the untrained nets' maps are small, so the absolute tolerance follows their size
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6 * theirs.abs().max().item())
 
 
 @pytest.mark.parametrize("ours_name,peer", [("gradcam", GradCAM), ("gradcam_pp", GradCAMPlusPlus)])
-def test_cams_equal_pytorch_grad_cam(arch_model, x, ours_name, peer):
+def test_cams_equal_pytorch_grad_cam(case, ours_name, peer):
     """pytorch-grad-cam returns min-max scaled maps (resized with OpenCV, which equals torch's
     bilinear resize); we compare after the same scaling, float32 tolerance."""
-    arch, model = arch_model
-    classes = [1, 2, 3]
-    with peer(model=model, target_layers=[get_layer(model, LAYERS[arch])]) as cam:
+    layer, model, x = case
+    classes = CLASSES[:len(x)]
+    with peer(model=model, target_layers=[get_layer(model, layer)]) as cam:
         theirs = torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes]))
-    ours = minmax(attribute(model, x, torch.tensor(classes), ours_name))
-    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-4)
+    ours = attribute(model, x, torch.tensor(classes), ours_name)
+    assert (ours.flatten(1).amax(1) > ours.flatten(1).amin(1)).all()  # no constant map, which scales to 0
+    torch.testing.assert_close(minmax(ours), theirs, rtol=1e-4, atol=2e-4)
 
 
-def test_fullgrad_equals_pytorch_grad_cam(arch_model, x):
-    arch, model = arch_model
-    classes = [0, 4, 8]
+def test_fullgrad_equals_pytorch_grad_cam(case):
+    """Every BatchNorm's effective bias is non-zero but in channel 0, where it is exactly 0 (see
+    live_batchnorm): the bias-gradient terms of BatchNorm layers are part of the comparison."""
+    _, model, x = case
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            bias = m.bias - m.running_mean * m.weight / torch.sqrt(m.running_var + m.eps)
+            assert bias[0] == 0 and bias[1:].abs().min() > 1e-4
+    classes = [0, 4, 8][:len(x)]
     with FullGrad(model=model, target_layers=[]) as cam:
         theirs = torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes]))
-    ours = attribute(model, x, torch.tensor(classes), "fullgrad")  # scaled to [0, 1] like the peer's
+    # pytorch-grad-cam scales every channel of every term to [0, 1], and the sum once more
+    ours = attribute(model, x, torch.tensor(classes), "fullgrad", normalize="per_channel")
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-4)  # float32, peer in NumPy/OpenCV
 
 

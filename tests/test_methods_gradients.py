@@ -3,6 +3,7 @@ import pytest
 import torch
 from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 
+from peers import RGB_SHAPE, rgb_images, rgb_model
 from saliency_sanity import attribute
 from saliency_sanity.methods.gradients import ig_nodes
 from saliency_sanity.models import build_model
@@ -49,15 +50,47 @@ def test_integrated_gradients_equals_captum(model64, x64, rule):
     torch.testing.assert_close(ours, theirs, **tol)
 
 
-def test_integrated_gradients_completeness(model64, x64):
-    """Sum of the map = y_c(x) - y_c(baseline), up to the quadrature error."""
-    baseline = torch.full_like(x64, 0.3)
-    maps = attribute(model64, x64, "top1", "integrated_gradients", reduce="sum", steps=64, baseline=baseline)
+@pytest.mark.parametrize("arch", ["vgg", "resnet"])
+def test_integrated_gradients_equals_captum_on_rgb_non_square_images(arch):
+    """3-channel 22x30 images and a per-channel baseline [3, 1, 1] (broadcast by us, expanded for Captum).
+    Captum casts the quadrature weights to float32 (``torch.tensor(step_sizes).float()`` in
+    IntegratedGradients._attribute): relative 1e-6 of the map's size."""
+    model, x = rgb_model(arch, torch.float64), rgb_images(torch.float64)
+    baseline = torch.tensor([0.5, 0.4, 0.3], dtype=torch.float64).view(3, 1, 1)
+    target = torch.tensor([2, 6])
+    ours = attribute(model, x, target, "integrated_gradients", reduce=None, steps=12, baseline=baseline)
+    theirs = IntegratedGradients(model).attribute(x, baselines=baseline.expand(1, *x.shape[1:]), target=target,
+                                                  n_steps=12, method="gausslegendre")
+    assert ours.shape == RGB_SHAPE
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6 * theirs.abs().max().item())
+
+
+@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_trapezoid"])
+def test_integrated_gradients_completeness(model64, x64, rule):
+    """Completeness, sum of the map = y_c(x) - y_c(x'), checked where it holds exactly: without biases
+    (and with fresh BatchNorm statistics, mean 0) the project models are positively homogeneous, so
+    the gradient is the same at every point t x, t > 0. With the baseline x' = 0.3 x on that ray the
+    integrand is constant: IG = (x - x') * grad y_c(x) for every rule, summing to y_c(x) - y_c(0.3 x)
+    = 0.7 y_c(x). Tolerances are relative (these logits are ~1e-2, so an absolute 1e-3 could not
+    fail), float64: a map 1% off, without the (x - x') factor or with x in its place fails."""
     with torch.no_grad():
-        logits, base_logits = model64(x64), model64(baseline)
-    c = logits.argmax(1)
-    delta = logits.gather(1, c[:, None]) - base_logits.gather(1, c[:, None])
-    torch.testing.assert_close(maps.sum((1, 2)), delta.squeeze(1), rtol=1e-3, atol=1e-3)
+        for m in model64.modules():
+            if getattr(m, "bias", None) is not None:
+                m.bias.zero_()
+    baseline = 0.3 * x64
+    maps = attribute(model64, x64, "top1", "integrated_gradients", reduce=None, steps=5, rule=rule,
+                     baseline=baseline)
+    xg = x64.clone().requires_grad_(True)
+    logits = model64(xg)
+    c = logits.argmax(1)[:, None]
+    (grad,) = torch.autograd.grad(logits.gather(1, c).sum(), xg)
+    logits = logits.detach()
+    with torch.no_grad():
+        delta = (logits - model64(baseline)).gather(1, c).squeeze(1)
+    torch.testing.assert_close(delta, 0.7 * logits.gather(1, c).squeeze(1), rtol=1e-12, atol=0)  # homogeneous
+    expected = (x64 - baseline) * grad
+    torch.testing.assert_close(maps, expected, rtol=1e-9, atol=1e-12 * expected.abs().max().item())
+    torch.testing.assert_close(maps.sum((1, 2, 3)), delta, rtol=1e-9, atol=0)
 
 
 def test_smoothgrad_is_the_mean_gradient_over_the_same_noise(model64, x64):

@@ -16,29 +16,13 @@ from zennit.rules import AlphaBeta, Epsilon, Norm, Pass, ZBox, ZPlus
 from zennit.torchvision import ResNetCanonizer
 from zennit.types import Activation, AvgPool, Convolution
 
-from peers import without_inplace
+from peers import RGB_SHAPE, random_batchnorm, rgb_images, rgb_model, without_inplace
 from saliency_sanity import attribute
 from saliency_sanity.models import BasicBlock, build_model
 
 # float64 everywhere a peer is compared: the implementations differ only in summation order
 TOL = dict(rtol=1e-7, atol=1e-9)
 PROPAGATION = ("guided_backprop", "deconvnet", "rectgrad", "lrp_epsilon", "lrp_alpha_beta", "lrp_zplus")
-
-
-
-
-def random_batchnorm(model, seed=0):
-    """Non-trivial BatchNorm statistics and affine parameters, so that merging them is tested."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
-    return model
 
 
 def project_model64(arch):
@@ -151,6 +135,28 @@ def test_lrp_equals_zennit(model64, x64, ours, options, rule, first):
     target = torch.tensor([0, 4, 9])
     theirs = zennit_lrp(without_inplace(model), x64, target, rule(), first and first(), canonizers)
     torch.testing.assert_close(attribute(model, x64, target, ours, reduce=None, **options), theirs, **TOL)
+
+
+RGB_CASES = [pytest.param("guided_backprop", {}, None, None, id="guided_backprop")] + [
+    pytest.param(*case, id="-".join([case[0], *(f"{v:g}" for v in case[1].values())])) for case in LRP_CASES]
+
+
+@pytest.mark.parametrize("arch", ["vgg", "resnet"])
+@pytest.mark.parametrize("ours,options,rule,first", RGB_CASES)
+def test_equals_peers_on_rgb_non_square_images(arch, ours, options, rule, first):
+    """Guided Backprop (Captum) and the LRP rules (Zennit) on 3-channel 22x30 images, float64. The narrow
+    untrained nets give maps of 1e-6 to 1e-2, so the absolute tolerance is relative to the map's size."""
+    model = zero_bn_eps(rgb_model(arch, torch.float64))
+    x = rgb_images(torch.float64)
+    target = torch.tensor([3, 8])
+    if rule is None:
+        theirs = GuidedBackprop(without_inplace(model)).attribute(x, target=target)
+    else:
+        canonizers = [SequentialMergeBatchNorm(), ProjectResNetCanonizer()] if arch == "resnet" else []
+        theirs = zennit_lrp(without_inplace(model), x, target, rule(), first and first(), canonizers)
+    ours = attribute(model, x, target, ours, reduce=None, **options)
+    assert ours.shape == RGB_SHAPE and ours.abs().amax((1, 2, 3)).min() > 0
+    torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-7 * theirs.abs().max().item())
 
 
 def test_lrp_with_signed_pixels_equals_zennit(x64):
@@ -453,7 +459,7 @@ def test_registry_records_positive_propagation():
     assert {n for n in PROPAGATION if METHODS[n].positive} == {"guided_backprop", "rectgrad", "lrp_zplus"}
     assert all(METHODS[n].family == "propagation" and METHODS[n].kind == "pixel" for n in PROPAGATION)
     assert METHODS["lrp_alpha_beta"].defaults == {"alpha": 2.0, "beta": 1.0}
-    assert METHODS["lrp_epsilon"].defaults == {"epsilon": 1e-6}  # Zennit's Epsilon default
+    assert METHODS["lrp_epsilon"].defaults == {"epsilon": 0.25, "relative": False}  # not LRP-0 = Input x Gradient
 
 
 @pytest.mark.parametrize("name", ["vgg16", "resnet50"])

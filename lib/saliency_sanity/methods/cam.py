@@ -1,22 +1,27 @@
 """Class activation maps with signed, positive or absolute aggregation of gradients.
 
 Grad-CAM (Selvaraju et al. 2017, Eq. 1-2), Grad-CAM++ (Chattopadhay et al. 2018, Eq. 19, in the
-closed form pytorch-grad-cam uses) and FullGrad (Srinivas & Fleuret 2019, Eq. 5-6, as
-pytorch-grad-cam implements it). Khakzar et al. (2020) blame the *positive* handling of gradients
-in Grad-CAM++ and FullGrad for their insensitivity to class and parameters; the ``aggregation``
-option makes each aggregator a family so that the claim can be tested directly. With
-h = identity (``"signed"``), ReLU (``"positive"``) or |.| (``"absolute"``), G = dy_c/dA the
-gradient of the target logit at the layer's output A [B, K, h, w], b the (effective) bias of a
-layer and x the input:
+closed form pytorch-grad-cam uses), FullGrad (Srinivas & Fleuret 2019, Eq. 5-6, post-processed as
+the authors' code ``idiap/fullgrad-saliency`` does, or as pytorch-grad-cam does) and Guided Grad-CAM
+(Selvaraju et al. 2017, as Captum's ``GuidedGradCam``). Khakzar et al. (2020) blame the
+*positive* handling of gradients in Grad-CAM++ and FullGrad for their insensitivity to class and
+parameters; the ``aggregation`` option makes each aggregator a family so that the claim can be
+tested directly. With h = identity (``"signed"``), ReLU (``"positive"``) or |.| (``"absolute"``),
+G = dy_c/dA the gradient of the target logit at the layer's output A [B, K, h, w], b the
+(effective) bias of a layer and x the input:
 
 * Grad-CAM:    alpha_k = mean_ij h(G_kij);  map = ReLU(sum_k alpha_k A_k)
 * Grad-CAM++:  a_kij = G_kij^2 / (2 G_kij^2 + sum_ij A_kij * G_kij^3);
   alpha_k = sum_ij a_kij h(G_kij);  map = ReLU(sum_k alpha_k A_k)
   (``relu=False`` drops the final ReLU of both)
-* FullGrad:    map = Psi(sum_c psi(h(x_c * dy_c/dx_c)) + sum_layers sum_k up(psi(h(b_k * G_k))))
-  psi = min-max to [0, 1] per image and channel (``"signed"``: division by max|.|, so that
-  negative evidence stays negative), up = bilinear resize to the input, Psi = the same scaling
-  of the whole map per image (pytorch-grad-cam's final scaling).
+* FullGrad:    map = sum_c psi(h(x * dy_c/dx))_c + sum_layers sum_k up(psi(h(b_k * G_k)))_k
+  - ``normalize="per_sample"`` (default, the authors' ``FullGrad._postProcess`` / ``saliency``):
+    psi = min-max to [0, 1] per image over ALL channels and positions of one term (eps 1e-6),
+    up = bilinear resize with ``align_corners=True``, no final scaling;
+  - ``normalize="per_channel"`` (pytorch-grad-cam's ``FullGrad``): psi per image AND channel
+    (eps 1e-7), up = bilinear with ``align_corners=False`` (as cv2.resize), and the summed map
+    scaled once more by psi per image.
+  ``"signed"`` replaces the min-max by a division by max|.| (see :func:`_scale`).
 
 The original methods are Grad-CAM = signed, Grad-CAM++ = positive, FullGrad = absolute (each
 method's default). The paper's own variant formulas are not public: the ones above are our
@@ -83,32 +88,66 @@ def gradcam_pp_from(record: PassRecord, layer: str, aggregation: str = "positive
     return upsample(cam.clamp(min=0) if relu else cam, record.x.shape[-2:])
 
 
-def _scale(terms: torch.Tensor, aggregation: str) -> torch.Tensor:
-    """FullGrad's post-processing psi per image and channel: min-max to [0, 1] for non-negative terms
-    (as the original); for signed terms division by max|.| so negative evidence stays negative."""
-    flat = terms.flatten(2)
+NORMALIZATIONS = ("per_sample", "per_channel")
+
+
+def _scale(terms: torch.Tensor, aggregation: str, start_dim: int = 2, eps: float = 1e-7) -> torch.Tensor:
+    """FullGrad's post-processing psi: min-max to [0, 1] over the dimensions from ``start_dim`` on
+    (2: per image and channel, pytorch-grad-cam; 1: per image over channels and positions, the
+    authors' ``_postProcess``), ``(t - min) / (max - min + eps)``.
+
+    For ``"signed"`` terms a min-max would send the most negative value to 0, i.e. turn the
+    strongest negative evidence into "no evidence" and add a per-term offset to every position;
+    instead the terms are divided by max|.| (+ eps) over the same dimensions, which keeps 0 at 0 and
+    every sign, maps into [-1, 1], and equals the min-max for non-negative terms whose minimum is 0.
+    ``"positive"`` and ``"absolute"`` terms are non-negative and get the min-max itself.
+    """
+    flat = terms.flatten(start_dim)
+    shape = flat.shape[:start_dim] + (1,) * (terms.dim() - start_dim)
     if aggregation == "signed":
-        return terms / (flat.abs().amax(2)[..., None, None] + 1e-7)
-    low = flat.amin(2)[..., None, None]
-    return (terms - low) / ((flat.amax(2)[..., None, None] - low) + 1e-7)
+        return terms / (flat.abs().amax(-1).view(shape) + eps)
+    low = flat.amin(-1).view(shape)
+    return (terms - low) / ((flat.amax(-1).view(shape) - low) + eps)
 
 
-def fullgrad_from(record: PassRecord, model: nn.Module, aggregation: str = "absolute") -> torch.Tensor:
-    """FullGrad: Psi(sum_c psi(h(x_c * dy/dx_c)) + sum_layers sum_k up(psi(h(b_k * dy/dz_k))))
-    (Srinivas & Fleuret Eq. 6, with pytorch-grad-cam's per-channel psi and final scaling Psi)."""
-    size = record.x.shape[-2:]
-    total = _scale(handle(record.x * record.grad_x, aggregation), aggregation).sum(1)
+def check_normalize(normalize: str) -> str:
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalize {normalize!r}; choose 'per_sample' (the FullGrad authors' "
+                         "post-processing) or 'per_channel' (pytorch-grad-cam's)")
+    return normalize
+
+
+def _bias_terms(record: PassRecord, model: nn.Module):
+    """b_k * dy/dz_k for every call of every biased Conv2d / BatchNorm2d, [B, K, h, w] each."""
     for name in biased_layers(model):
         bias = effective_bias(get_layer(model, name))
         for g in record.gradients[name]:
-            terms = _scale(handle(bias.view(1, -1, 1, 1) * g, aggregation), aggregation)
-            total = total + upsample_channels_sum(terms, size)
-    return _scale(total.unsqueeze(1), aggregation).squeeze(1)
+            yield bias.to(g).view(1, -1, 1, 1) * g
 
 
-def upsample_channels_sum(terms: torch.Tensor, size) -> torch.Tensor:
-    """Resize every channel to ``size`` and sum over channels (resizing is linear, so sum first)."""
-    return upsample(terms.sum(1), size)
+def fullgrad_from(record: PassRecord, model: nn.Module, aggregation: str = "absolute",
+                  normalize: str = "per_sample") -> torch.Tensor:
+    """FullGrad: sum_c psi(h(x * dy/dx))_c + sum_layers sum_k up(psi(h(b_k * dy/dz_k)))_k, [B, H, W].
+
+    Srinivas & Fleuret (2019), Eq. 6 with their code's post-processing (``idiap/fullgrad-saliency``,
+    ``FullGrad._postProcess`` and ``FullGrad.saliency``) for ``normalize="per_sample"``, or
+    pytorch-grad-cam's per-channel psi and final scaling for ``"per_channel"`` (module docstring).
+    """
+    check_normalize(normalize)
+    size = record.x.shape[-2:]
+    if normalize == "per_channel":
+        total = _scale(handle(record.x * record.grad_x, aggregation), aggregation).sum(1)
+        for term in _bias_terms(record, model):
+            total = total + upsample(_scale(handle(term, aggregation), aggregation).sum(1), size)
+        return _scale(total.unsqueeze(1), aggregation).squeeze(1)
+    total = _scale(handle(record.x * record.grad_x, aggregation), aggregation, 1, 1e-6).sum(1)
+    for term in _bias_terms(record, model):
+        # every channel is resized, then summed: resizing is linear, so summing first is the same
+        summed = _scale(handle(term, aggregation), aggregation, 1, 1e-6).sum(1, keepdim=True)
+        if tuple(summed.shape[-2:]) != tuple(size):
+            summed = F.interpolate(summed, size=tuple(size), mode="bilinear", align_corners=True)
+        total = total + summed.squeeze(1)
+    return total
 
 
 def _check_cam_layer(model: nn.Module, layer: str | None) -> str:
@@ -136,8 +175,61 @@ def gradcam_pp(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, laye
                            aggregation, relu)
 
 
-@register("fullgrad", kind="cam", family="cam", shared_pass=True, positive=True, aggregation="absolute")
-def fullgrad(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, aggregation: str = "absolute") -> torch.Tensor:
-    """FullGrad over the input gradient and every biased Conv2d/BatchNorm2d, [B, H, W]."""
+@register("fullgrad", kind="cam", family="cam", shared_pass=True, positive=True, aggregation="absolute",
+          normalize="per_sample")
+def fullgrad(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, aggregation: str = "absolute",
+             normalize: str = "per_sample") -> torch.Tensor:
+    """FullGrad over the input gradient and every biased Conv2d/BatchNorm2d, [B, H, W].
+
+    Srinivas & Fleuret (2019), Eq. 6 (full-gradient decomposition: input-gradient x input and
+    bias-gradient x bias of every layer; BatchNorm's effective bias beta - mu gamma / sigma). The
+    default ``normalize="per_sample"`` is the authors' post-processing (``idiap/fullgrad-saliency``,
+    ``FullGrad._postProcess``: |.|, min-max per image over all channels and positions, sum over
+    channels, bilinear upsampling with align_corners=True, terms added, no final scaling);
+    ``"per_channel"`` reproduces pytorch-grad-cam's ``FullGrad`` (min-max per channel, cv2-style
+    resize, final min-max to [0, 1]). ``aggregation="signed"`` divides each term by its max|.|
+    instead of the min-max so that signs survive; ``"positive"`` min-max scales ReLU(terms) (see
+    :func:`_scale`).
+    """
     handle(torch.zeros(1), aggregation)
-    return fullgrad_from(run_pass(model, x, target, seed=seed, layers=biased_layers(model)), model, aggregation)
+    check_normalize(normalize)
+    return fullgrad_from(run_pass(model, x, target, seed=seed, layers=biased_layers(model)), model, aggregation,
+                         normalize)
+
+
+def _interpolate(maps: torch.Tensor, size, mode: str) -> torch.Tensor:
+    """Resize [B, h, w] maps to ``size`` as Captum's ``LayerAttribution.interpolate`` does
+    (``F.interpolate`` with torch's default ``align_corners``)."""
+    if mode == "bilinear":
+        return upsample(maps, size)
+    return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode=mode).squeeze(1)
+
+
+INTERPOLATE_MODES = ("bilinear", "nearest", "bicubic", "area")
+
+
+@register("guided_gradcam", kind="pixel", family="propagation", positive=True, interpolate_mode="bilinear")
+def guided_gradcam(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, layer: str | None = None,
+                   interpolate_mode: str = "bilinear") -> torch.Tensor:
+    """Guided Grad-CAM: Guided Backprop [B, C, H, W] times the Grad-CAM of ``layer`` upsampled to the input.
+
+    Selvaraju et al. (2017), "Guided Grad-CAM": the pointwise product of Guided Backprop and the
+    Grad-CAM map L^c = ReLU(sum_k alpha_k A^k) (Eq. 1-2) upsampled to the input. Equal to
+    Captum's ``GuidedGradCam(model, layer).attribute(x, target, interpolate_mode=...)``: the
+    Grad-CAM map gets its ReLU before the resize, is shared by every input channel, and
+    ``"bilinear"`` uses align_corners=False. The default ``"bilinear"`` is the paper's (and our
+    ``gradcam``'s) resize; Captum's own default is ``"nearest"``. Two passes: a plain one for
+    Grad-CAM, a guided one for the backprop part; the target is resolved once, on the first.
+    Guided Backprop is positive propagation (Khakzar et al. 2020), hence ``positive=True``.
+    """
+    from .propagation import _relu_modules, guided_backprop  # propagation imports nothing from here
+
+    _relu_modules(model, "guided_gradcam")  # refuse a model without nn.ReLU modules before any pass
+    if interpolate_mode not in INTERPOLATE_MODES:
+        raise ValueError(f"unknown interpolate_mode {interpolate_mode!r}; choose one of {list(INTERPOLATE_MODES)}")
+    name = _check_cam_layer(model, layer)
+    record = run_pass(model, x, target, seed=seed, layers=[name], input_grad=False)
+    a, g = _layer_tensors(record, name)
+    cam = (g.mean(dim=(2, 3), keepdim=True) * a).sum(1).clamp(min=0)
+    guided = guided_backprop(model, x, record.target, seed=seed)
+    return guided * _interpolate(cam, x.shape[-2:], interpolate_mode).unsqueeze(1)

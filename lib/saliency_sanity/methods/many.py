@@ -108,7 +108,7 @@ def attribute_many(model: nn.Module, x: torch.Tensor, target="top1", methods: It
                 "input_x_gradient": lambda o: _reduce(input_x_gradient_from(record), reduce),
                 "gradcam": lambda o: gradcam_from(record, o["layer"], o["aggregation"], o.get("relu", True)),
                 "gradcam_pp": lambda o: gradcam_pp_from(record, o["layer"], o["aggregation"], o.get("relu", True)),
-                "fullgrad": lambda o: fullgrad_from(record, model, o["aggregation"]),
+                "fullgrad": lambda o: fullgrad_from(record, model, o["aggregation"], o.get("normalize", "per_sample")),
             }
             for lab, name, opts in shared:
                 out[lab] = readers[name](opts)

@@ -155,19 +155,74 @@ def _contributions(grad, terms, denominator_of):
     term's output z_t = layer(input_t) is computed, ``denominator_of(outputs)`` gives one
     denominator per term, and term t contributes input_t * d/d(input_t) [z_t . grad / d_t], i.e.
     input_t * (W_t^T (grad / d_t))."""
+    return _backward_terms(terms, lambda outs: [grad / d for d in denominator_of(outs)])
+
+
+def _backward_terms(terms, signals_of):
+    """input_t * W_t^T s_t for every term t, with the backward signals s = ``signals_of(outputs)``."""
     xs = [x.detach().requires_grad_(True) for x, _, _, _ in terms]
     outs = [layer_function(m, w, b)(x) for x, (_, w, b, m) in zip(xs, terms)]
-    denominators = denominator_of(outs)
-    grads = torch.autograd.grad(outs, xs, grad_outputs=[grad / d for d in denominators])
+    grads = torch.autograd.grad(outs, xs, grad_outputs=signals_of(outs))
     return [x.detach() * g for x, g in zip(xs, grads)]
 
 
-def lrp_epsilon(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, epsilon: float) -> Rule:
-    """LRP-epsilon (Bach et al. 2015, Eq. 58): R_i = sum_j x_i w_ij / (z_j + eps sign z_j) R_j."""
+def relative_epsilon(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """epsilon * RMS of ``z`` per sample (over all but the batch dimension), shaped to broadcast:
+    Zennit's ``Stabilizer(epsilon, norm_scale=True)``, the "0.25 std" of Montavon et al. (2019)."""
+    return epsilon * z.detach().pow(2).mean(dim=tuple(range(1, z.dim())), keepdim=True).sqrt()
+
+
+def lrp_epsilon(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, epsilon: float,
+                relative: bool = False) -> Rule:
+    """LRP-epsilon (Bach et al. 2015, Eq. 58): R_i = sum_j x_i w_ij / (z_j + eps sign z_j) R_j.
+
+    ``relative=True`` uses eps = ``epsilon`` * RMS_j(z_j) of each sample's layer output instead of
+    ``epsilon`` itself (Zennit's ``Stabilizer(epsilon, norm_scale=True)``)."""
 
     def rule(grad, x):
-        (r,) = _contributions(grad, [(x, weight, bias, module)], lambda outs: [stabilize(outs[0], epsilon)])
+        def denominators(outs):
+            z = outs[0]
+            if not relative:
+                return [stabilize(z, epsilon)]
+            return [z + relative_epsilon(z, epsilon) * (z.sign() + (z == 0).to(z))]
+
+        (r,) = _contributions(grad, [(x, weight, bias, module)], denominators)
         return (r,)
+
+    return rule
+
+
+def lrp_gamma(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, gamma: float,
+              epsilon: float = 1e-6) -> Rule:
+    """LRP-gamma (Montavon et al. 2019, "Layer-Wise Relevance Propagation: An Overview", Sec. 10.2.1),
+    generalised to signed inputs as Zennit's ``Gamma``: an output z_j > 0 is explained by its positive contributions with the
+    positive weights (and bias) favoured, z_j^{+gamma} = x+ (w + gamma w+) + x- (w + gamma w-) +
+    (b + gamma b+); an output z_j < 0 by z_j^{-gamma} = x+ (w + gamma w-) + x- (w + gamma w+) +
+    (b + gamma b-); R_i = sum_j [z_j > 0] x_i d z_j^{+gamma} / dx_i / z_j^{+gamma} R_j + (same for
+    z_j < 0); units with z_j = 0 pass nothing. gamma = 0 is LRP-0 (up to the stabiliser), large
+    gamma approaches z+ (alpha1-beta0). The x- terms are skipped when the input has no negative
+    entry (every layer after a ReLU); they would contribute exact zeros."""
+    w_up, w_down = weight + gamma * weight.clamp(min=0), weight + gamma * weight.clamp(max=0)
+    b_up = None if bias is None else bias + gamma * bias.clamp(min=0)
+    b_down = None if bias is None else bias + gamma * bias.clamp(max=0)
+    forward = layer_function(module, weight, bias)
+
+    def rule(grad, x):
+        signed = bool((x < 0).any())
+        x_pos = x.clamp(min=0)
+        x_neg = x.clamp(max=0) if signed else None
+        with torch.no_grad():
+            z = forward(x)
+        relevance = torch.zeros_like(x)
+        for mask, (w_pos_in, w_neg_in, b) in (((z > 0).to(z), (w_up, w_down, b_up)),
+                                               ((z < 0).to(z), (w_down, w_up, b_down))):
+            terms = [(x_pos, w_pos_in, b, module)] + ([(x_neg, w_neg_in, None, module)] if signed else [])
+
+            def signals(outs, mask=mask):
+                return [grad * mask / stabilize(sum(outs), epsilon)] * len(outs)
+
+            relevance = relevance + sum(_backward_terms(terms, signals))
+        return (relevance,)
 
     return rule
 

@@ -82,7 +82,7 @@ def run_pass(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0,
                 handles.append(module.register_forward_hook(make_hook(name)))
             xg = x.detach().clone().requires_grad_(input_grad)
             with torch.enable_grad():
-                logits = model(xg)
+                logits = model(xg.clone())  # a first in-place layer may write into it, not into the leaf
                 if logits.dim() != 2:
                     raise ValueError(f"the model must return logits of shape [B, classes], got {tuple(logits.shape)}")
                 t = resolve_targets(logits.detach(), target, seed)
