@@ -14,9 +14,10 @@ from torch import nn
 
 from saliency_sanity import attribute, attribute_many
 from saliency_sanity.byom import load_model, load_state
-from saliency_sanity.cache import safe_torch_load
+from saliency_sanity.cache import atomic_torch_save, check_writable, safe_torch_load
 from saliency_sanity.checks import class_sensitivity, randomization_test
 from saliency_sanity.data import CorruptDatasetError, DatasetNotFoundError, load_fashion_mnist, read_idx, write_idx
+from saliency_sanity.folder import load_image_folder
 from saliency_sanity.methods.masks import sound_mask
 from saliency_sanity.models import build_model
 from saliency_sanity.profiles import get_profile
@@ -83,6 +84,58 @@ def bad_magic_idx(tmp):
     path = tmp / "labels-idx1-ubyte"
     path.write_bytes(b"\x12\x34\x56\x78" + bytes(20))
     return lambda: read_idx(path)
+
+
+def corrupt_png(tmp):
+    (tmp / "images").mkdir()
+    (tmp / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    return lambda: load_image_folder(tmp / "images")
+
+
+def truncated_png(tmp):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buffer, "PNG")
+    (tmp / "images").mkdir()
+    (tmp / "images" / "cut.png").write_bytes(buffer.getvalue()[:200])
+    return lambda: load_image_folder(tmp / "images")
+
+
+def only_text_files(tmp):
+    (tmp / "images").mkdir()
+    (tmp / "images" / "notes.txt").write_text("not an image")
+    return lambda: load_image_folder(tmp / "images")
+
+
+def out_in_a_file(tmp):
+    (tmp / "results").write_text("a file, not a folder")
+    return lambda: check_writable(tmp / "results" / "out.csv")
+
+
+def out_is_a_folder(tmp):
+    (tmp / "out.csv").mkdir()
+    return lambda: check_writable(tmp / "out.csv")
+
+
+def checkpoint_past_file_size_limit(tmp):
+    """An atomic checkpoint write over an existing file past RLIMIT_FSIZE (soft limit, restored after;
+    Python ignores SIGXFSZ, so the write raises EFBIG)."""
+    import resource
+
+    (tmp / "epoch_001.pt").write_bytes(b"previous checkpoint")
+
+    def call():
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+        try:
+            atomic_torch_save({"w": torch.zeros(10_000)}, tmp / "epoch_001.pt")
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            assert (tmp / "epoch_001.pt").read_bytes() == b"previous checkpoint"
+    return call
 
 
 def plain(fn):
@@ -162,6 +215,15 @@ CASES = [
     ("truncated IDX file", truncated_idx, CorruptDatasetError, r"truncated|size|bytes"),
     ("IDX file with a bad magic number", bad_magic_idx, CorruptDatasetError, r"bad magic number"),
     ("unknown model spec", plain(lambda: load_model("keras:resnet")), ValueError, r"cannot import module 'keras'"),
+    ("corrupt PNG in an image folder", corrupt_png, ValueError, r"cannot read image \S*broken\.png: \S"),
+    ("truncated PNG in an image folder", truncated_png, ValueError, r"cannot read image \S*cut\.png"),
+    ("image folder of non-image files only", only_text_files, ValueError, r"no images in"),
+    ("output folder missing", plain(lambda: check_writable(Path("no") / "such" / "out.csv")), FileNotFoundError,
+     r"folder no/such does not exist"),
+    ("output folder is a file", out_in_a_file, NotADirectoryError, r"results is not a folder"),
+    ("output path is a folder", out_is_a_folder, IsADirectoryError, r"out.csv: it is a folder"),
+    ("checkpoint write past the file-size limit", checkpoint_past_file_size_limit, OSError,
+     r"File too large.*epoch_001\.pt"),
 ]
 
 

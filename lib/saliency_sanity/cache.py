@@ -6,8 +6,11 @@ changed parameter changes the hash, so stale results are never reused.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,25 +47,117 @@ def config_hash(config: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+# Temporary files of an atomic write: ".<name>.<pid>@<host>.<random>.tmp" in the target's folder. The pid
+# and host say whose they are, so that a later run can remove those of a writer killed mid-write
+# (SIGKILL, power loss: no ``finally`` runs) without touching those of a writer still running.
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>.*)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}@{socket.gethostname()}."
+
+
+def temporary_files(directory: str | os.PathLike) -> list[Path]:
+    """The temporary files of atomic writes in ``directory`` (not recursive), whoever's they are."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if _TEMP.match(p.name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporary_files(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that a killed writer left in ``directory``; return them.
+
+    A write that completes or raises removes its own temporary file; only a process killed
+    mid-write (SIGKILL, OOM killer, power loss) leaves one behind. A temporary file is stale when
+    its writer ran on this host and its process no longer exists; those of live processes and of
+    other hosts (a shared file system) are kept, so concurrent writers are never disturbed.
+    """
+    host, removed = socket.gethostname(), []
+    for path in temporary_files(directory):
+        match = _TEMP.match(path.name)
+        if match["host"] == host and not _alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Raise a one-line error now if an atomic write to ``path`` would fail for its folder.
+
+    Checks that the folder exists, is a folder, that ``path`` is not a folder, and that a file can
+    really be created there: a probe file (named like the temporary files) is created and removed.
+    Permission bits alone would not do: ``os.access`` and chmod say nothing for root, who writes
+    through them, while a read-only mount or a full quota stops everybody. Space or a file-size
+    limit hit later, while writing, is not detected here; the atomic write then leaves the previous
+    file in place. Returns ``path``.
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.exists():
+        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist (create it first)")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {folder} is not a folder")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; give a file name")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(path), suffix=".tmp")
+    except OSError as err:
+        raise PermissionError(err.errno, f"cannot write {path}: cannot create a file in {folder} "
+                                         f"({err.strerror or err})") from err
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
 def _atomic(path: Path, write) -> Path:
+    """Write ``path`` through a temporary file in its folder, fsync'ed, then ``os.replace``d over it.
+
+    On any error the temporary file is removed and the previous file at ``path`` (if any) is left
+    as it was; an ``OSError`` without a file name (a full disk, a file-size limit: ``EFBIG``) is
+    raised again naming ``path``. The folder is created if missing.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
     return path
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through a temporary file and a rename."""
-    return _atomic(Path(path), lambda fh: torch.save(obj, fh))
+    """``torch.save`` through a temporary file and a rename.
+
+    Serialised in memory first, then written in one go: torch's zip writer, writing to the file
+    directly, turns a failed write (full disk, file-size limit) into an obscure ``RuntimeError``
+    ("unexpected pos ..."); this way it is an ``OSError`` naming ``path``. Costs one copy of the
+    checkpoint in memory while it is written.
+    """
+    def write(fh):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        fh.write(buffer.getbuffer())
+
+    return _atomic(Path(path), write)
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:

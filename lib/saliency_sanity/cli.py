@@ -1,9 +1,18 @@
 """Command line: ``python -m saliency_sanity reproduce --profile smoke|default|full`` (the book) and
 ``python -m saliency_sanity check --model ... --images DIR`` (the checks on your own model; under
-``torchrun`` the images are split across processes)."""
+``torchrun`` the images are split across processes).
+
+``check`` fails early and in one line: an ``--out`` that cannot be written (missing folder, a file
+where the folder should be, a folder that refuses new files) is reported before any computing, a
+corrupt image names its file, and any error is one line on stderr (``... check: error: ...``) with
+exit status 1 -- ``--traceback`` shows the full traceback instead. The CSV is written atomically
+(:func:`saliency_sanity.cache.atomic_write_text`): a write that fails (full disk, file-size limit)
+leaves the previous file at ``--out`` as it was and no temporary file.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,23 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     chk.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     chk.add_argument("--batch-size", type=int, default=16)
     chk.add_argument("--limit", type=int, default=None, help="use the first N images only")
-    chk.add_argument("--seed", type=int, default=0)
+    chk.add_argument("--seed", type=int, default=0,
+                     help="keys every random draw: the model's init under --weights none, SmoothGrad noise, "
+                          "the random class, the re-initialisations")
     chk.add_argument("--out", type=Path, default=Path("results.csv"), help="CSV file for the tidy result table")
     chk.add_argument("--quiet", action="store_true", help="no progress bars")
+    chk.add_argument("--traceback", action="store_true", help="on an error, show the traceback, not one line")
     args = parser.parse_args(argv)
 
     if args.command == "check":
-        from .check import run_check, summary
-        from .cache import atomic_write_text
-
-        frame = run_check(args.model, args.images, weights=args.weights, methods=args.methods, tests=args.tests,
-                          metrics=args.metrics, mode=args.mode, device=args.device, batch_size=args.batch_size,
-                          limit=args.limit, seed=args.seed, progress=not args.quiet)
-        if frame is not None:  # rank 0 of a torchrun launch, or the only process
-            atomic_write_text(frame.to_csv(index=False), args.out)
-            print(summary(frame).to_string(float_format=lambda v: f"{v:.3f}"))
-            print(f"{len(frame)} rows -> {args.out}")
-        return 0
+        try:
+            return _check(args)
+        except Exception as err:  # noqa: BLE001 -- one line for the user; --traceback for the details
+            if args.traceback:
+                raise
+            print(f"{parser.prog} check: error: {_one_line(err)}", file=sys.stderr)
+            return 1
 
     if args.command == "reproduce":
         from .reproduce import reproduce
@@ -63,6 +71,42 @@ def main(argv: list[str] | None = None) -> int:
         if index:
             print(f"book: {index}")
     return 0
+
+
+def _check(args) -> int:
+    from .cache import atomic_write_text, check_writable
+    from .check import run_check, summary
+
+    # Only the process that writes --out checks it: rank 0 (RANK is unset outside torchrun); the
+    # other ranks' hosts need not even have that folder.
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_writable(args.out)
+    frame = run_check(args.model, args.images, weights=args.weights, methods=args.methods, tests=args.tests,
+                      metrics=args.metrics, mode=args.mode, device=args.device, batch_size=args.batch_size,
+                      limit=args.limit, seed=args.seed, progress=not args.quiet)
+    if frame is not None:  # rank 0 of a torchrun launch, or the only process
+        try:
+            atomic_write_text(frame.to_csv(index=False), args.out)
+        except OSError as err:
+            raise OSError(err.errno, f"cannot write the results to {args.out}: {err.strerror or err} "
+                                     "(any previous file there is unchanged)") from err
+        print(summary(frame).to_string(float_format=lambda v: f"{v:.3f}"))
+        print(f"{len(frame)} rows -> {args.out}")
+    return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as one line: the message with its whitespace (newlines too) collapsed; OSErrors
+    without their ``[Errno N]`` prefix; the type name in front of errors that are not the usual
+    input errors (e.g. a RuntimeError from the model), with a pointer to ``--traceback``."""
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror + (f": {err.filename}" if err.filename else "")
+    else:
+        text = str(err)
+    text = " ".join(text.split()) or type(err).__name__
+    if not isinstance(err, (ValueError, TypeError, OSError, ImportError)):
+        text = f"{type(err).__name__}: {text} (run with --traceback for details)"
+    return text
 
 
 if __name__ == "__main__":

@@ -4,6 +4,13 @@ A folder of images, or a folder of class subfolders (ImageNet's layout: the subf
 the classes in sorted order, as torchvision's ``ImageFolder`` numbers them). Preprocessing as for
 torchvision's ImageNet weights: resize the shorter side to 256, centre-crop 224, scale to [0, 1],
 normalise with the ImageNet mean and standard deviation.
+
+Which files are images is decided by their suffix (:data:`IMAGE_SUFFIXES`, any case): other files
+(a ``notes.txt``, ``.DS_Store``, ``Thumbs.db``) are ignored, as torchvision's ``ImageFolder`` does,
+and a folder without any image file is an error. A file with an image suffix that cannot be decoded
+(corrupt, truncated, not an image) is an error, one line naming the file, raised while loading --
+before any computing -- rather than skipped: a silently smaller set of images would change the
+results.
 """
 from __future__ import annotations
 
@@ -75,7 +82,8 @@ def load_image_folder(folder: str | Path, *, limit: int | None = None, resize: i
         try:
             with Image.open(path) as image:
                 images.append(transform(image.convert("RGB")))
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise ValueError(f"cannot read image {path}: {reason}") from err
     root = Path(folder)
     return FolderImages(torch.stack(images), torch.tensor(labels), [str(p.relative_to(root)) for p in files], classes)

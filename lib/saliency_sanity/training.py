@@ -2,7 +2,9 @@
 
 Same config and data -> bit-identical weights on CPU: the shuffling order of every epoch is drawn
 from a generator seeded by (seed, epoch), so an interrupted run resumes from its last epoch and
-ends exactly where an uninterrupted one would.
+ends exactly where an uninterrupted one would. A resumed run says so: it logs the epoch it resumes
+from, and the result records it (``TrainedModel.resumed_from_epoch``, ``epochs_run``, and a
+``resumed_from_epoch`` entry in every checkpoint it writes).
 
 Options for the instability chapter (Datta et al. 2023): a confidence penalty (Pereyra et al.
 2017), per-epoch training-set logits of a teacher, and a student trained on the teacher's
@@ -11,6 +13,7 @@ temporally averaged, temperature-scaled soft labels (:mod:`saliency_sanity.mitig
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -21,10 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cache import atomic_torch_save, atomic_write_json, cache_root, config_hash, safe_torch_load
+from .cache import (atomic_torch_save, atomic_write_json, cache_root, config_hash, remove_stale_temporary_files,
+                    safe_torch_load)
 from .data import ImageSet
 from .mitigation import distillation_targets, prediction_entropy, soft_cross_entropy
 from .models import build_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,14 @@ def config_key(config: TrainConfig) -> dict:
 
 @dataclass
 class TrainedModel:
+    """A trained model, its per-epoch history and where its checkpoints are.
+
+    ``resumed_from_epoch``: the last checkpointed epoch this call started from (0: trained from
+    scratch; ``config.epochs``: loaded whole from the cache, nothing trained). ``epochs_run``: the
+    epochs this call trained, ``config.epochs - resumed_from_epoch``. The history covers every epoch
+    either way (the earlier ones read from the checkpoint).
+    """
+
     model: nn.Module
     config: TrainConfig
     history: pd.DataFrame
@@ -137,6 +151,8 @@ class TrainedModel:
     # a run with cache=False can still be read; other epochs come from the checkpoints.
     records: dict = field(default_factory=dict, repr=False)
     fingerprint: str | None = None  # data_fingerprint of the images it was trained on
+    resumed_from_epoch: int = 0
+    epochs_run: int | None = None
 
     def checkpoint(self, epoch: int) -> dict:
         """The stored state of ``epoch`` (1-based): weights and the test-set logits after it."""
@@ -226,6 +242,14 @@ def train_model(config: TrainConfig, train: ImageSet, test: ImageSet, *, device=
     training-set logits with ``record_train_logits``), so later chapters can read per-epoch
     predictions without retraining. A distilled student (``config.distill_teacher``) trains its
     teacher first (or loads it from the cache), unless the trained ``teacher`` is passed.
+
+    Resuming: with ``cache``, training starts after the last epoch whose checkpoint exists. It logs
+    ``resuming <folder> from epoch k/E`` (logger ``saliency_sanity.training``, INFO; the progress bar
+    starts at k too), and the result's ``resumed_from_epoch`` is k and ``epochs_run`` is E - k;
+    every checkpoint written records ``resumed_from_epoch`` as well. Temporary files that a run
+    killed mid-write left in the folder are removed first
+    (:func:`saliency_sanity.cache.remove_stale_temporary_files`). A checkpoint that cannot be written
+    (full disk, file-size limit) raises ``OSError`` naming it; the checkpoints already there are kept.
     """
     device = resolve_device(device)
     full_train, train = train, training_subset(config, train)
@@ -246,6 +270,8 @@ def train_model(config: TrainConfig, train: ImageSet, test: ImageSet, *, device=
     records: dict = {}
     start = 0
     if cache:
+        for stale in remove_stale_temporary_files(directory):
+            log.info("removed %s, left by a run killed while writing it", stale)
         for epoch in range(config.epochs, 0, -1):
             path = directory / f"epoch_{epoch:03d}.pt"
             if path.exists():
@@ -256,8 +282,14 @@ def train_model(config: TrainConfig, train: ImageSet, test: ImageSet, *, device=
                 start = epoch
                 break
         atomic_write_json(key, directory / "config.json")
+    if 0 < start < config.epochs:
+        log.info("resuming %s from epoch %d/%d (its checkpoint); %d epoch(s) left to train",
+                 directory, start, config.epochs, config.epochs - start)
+    elif start == config.epochs:
+        log.info("loaded %s from the cache: all %d epochs checkpointed, nothing to train", directory, start)
     labels = training_labels(config, train.labels)
-    bar = tqdm(range(start, config.epochs), desc=f"train {config.arch} seed {config.seed}",
+    desc = f"train {config.arch} seed {config.seed}" + (f" (resumed from epoch {start})" if start else "")
+    bar = tqdm(range(start, config.epochs), desc=desc, total=config.epochs, initial=start,
                disable=not progress or start == config.epochs, leave=False)
     for epoch in bar:
         tic = time.perf_counter()
@@ -275,6 +307,7 @@ def train_model(config: TrainConfig, train: ImageSet, test: ImageSet, *, device=
         bar.set_postfix(test_acc=f"{test_acc:.3f}")
         if cache:
             atomic_torch_save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(), **record,
+                               "resumed_from_epoch": start,
                                "history": {k: torch.tensor([h[k] for h in history], dtype=torch.float64)
                                            for k in history[0]}},
                               directory / f"epoch_{epoch + 1:03d}.pt")
@@ -282,7 +315,8 @@ def train_model(config: TrainConfig, train: ImageSet, test: ImageSet, *, device=
     frame = pd.DataFrame(history)
     frame.insert(0, "arch", config.arch)
     frame.insert(1, "seed", config.seed)
-    return TrainedModel(model, config, frame, directory, records, fingerprint)
+    return TrainedModel(model, config, frame, directory, records, fingerprint, resumed_from_epoch=start,
+                        epochs_run=config.epochs - start)
 
 
 def student_targets(config: TrainConfig, teacher: TrainedModel,
