@@ -15,7 +15,6 @@ from saliency_sanity.check import run_check
 from saliency_sanity.folder import IMAGENET_MEAN, load_image_folder
 
 TESTS_DIR = Path(__file__).resolve().parent
-KEYS = ["test", "label", "pair", "stage", "image", "metric"]
 
 
 @pytest.fixture
@@ -97,28 +96,140 @@ def run_cli(args, **kwargs):
     return subprocess.run(args, capture_output=True, text=True, env=env(), timeout=600, **kwargs)
 
 
-def test_torchrun_equals_one_process_row_for_row(folder, tmp_path):
-    """Two gloo ranks on the CPU split the five images 3 + 2 and gather one table. With one image per
-    batch every map is computed from the same batch as in one process, so the values are equal exactly."""
-    common = ["-m", "saliency_sanity", "check", "--model", "tiny_factory:tiny", "--images", str(folder),
-              "--methods", "gradient,guided_backprop,gradcam", "--batch-size", "1", "--device", "cpu", "--quiet"]
-    single = run_cli([sys.executable, *common, "--out", str(tmp_path / "one.csv")])
-    assert single.returncode == 0, single.stderr[-3000:]
-    assert "all layers randomized" in single.stdout  # the summary table
-    torchrun = Path(sys.executable).with_name("torchrun")
-    multi = run_cli([str(torchrun), "--standalone", "--nproc_per_node=2", "--no-python", sys.executable, *common,
-                     "--out", str(tmp_path / "two.csv")])
-    assert multi.returncode == 0, multi.stderr[-3000:]
-    one = pd.read_csv(tmp_path / "one.csv").sort_values(KEYS, kind="stable").reset_index(drop=True)
-    two = pd.read_csv(tmp_path / "two.csv").sort_values(KEYS, kind="stable").reset_index(drop=True)
-    assert len(one) == len(two) > 0
-    pd.testing.assert_frame_equal(one[sorted(one.columns)], two[sorted(two.columns)])
-
-
-@pytest.mark.parametrize("n,world", [(5, 2), (7, 3), (2, 4), (0, 2)])
-def test_shards_cover_every_image_once_in_order(n, world):
+@pytest.mark.parametrize("n,world,block", [(5, 2, 1), (7, 3, 1), (2, 4, 1), (0, 2, 1), (10, 3, 3), (10, 2, 16),
+                                           (17, 3, 4)])
+def test_shards_are_whole_batches_covering_every_image_once_in_order(n, world, block):
+    """Ranks get contiguous runs of whole batches, so they compute exactly one process's batches."""
     from saliency_sanity.distributed import Ranks, shard
 
-    parts = [shard(n, Ranks(rank, world)) for rank in range(world)]
+    parts = [shard(n, Ranks(rank, world), block) for rank in range(world)]
     assert [i for part in parts for i in part] == list(range(n))
-    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert all(part.start % block == 0 for part in parts if len(part))
+    batches = [-(-len(part) // block) for part in parts]
+    assert max(batches) - min(batches) <= 1
+
+
+# Bad input where files are written: every failure is one line on stderr with exit status 1, leaves
+# the previous file at --out byte-identical and no temporary file. A bad --out fails before any computing.
+SENTINEL = b"image,metric,value\n0,ssim,0.5\n"  # the previous results at --out
+QUICK = ["--model", "tiny_factory:tiny", "--methods", "gradient", "--tests", "randomization", "--metrics",
+         "spearman_abs", "--batch-size", "2", "--device", "cpu", "--quiet"]
+PREFIX = "python -m saliency_sanity check: error: "
+
+
+def files_under(folder):
+    """Every file under ``folder``, hidden ones (temporary files) included, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def check_cli(images, out, *extra, preexec_fn=None):
+    return run_cli([sys.executable, "-m", "saliency_sanity", "check", *QUICK, "--images", str(images),
+                    "--out", str(out), *extra], preexec_fn=preexec_fn)
+
+
+def one_line_error(code, stderr, *needles):
+    lines = stderr.strip().splitlines()
+    assert code == 1, stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert lines[0].startswith(PREFIX), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["missing folder", "folder is a file", "out is a folder"])
+def test_cli_unwritable_out_fails_before_any_computing(case, folder, tmp_path, monkeypatch, capsys):
+    from saliency_sanity import check, cli
+
+    monkeypatch.setattr(check, "run_check", lambda *a, **k: pytest.fail("computed before checking --out"))
+    place = tmp_path / "place"
+    place.mkdir()
+    if case == "missing folder":
+        out, needle = place / "no" / "such" / "results.csv", "does not exist"
+    elif case == "folder is a file":
+        (place / "results").write_bytes(SENTINEL)
+        out, needle = place / "results" / "results.csv", "is not a folder"
+    else:
+        (place / "results.csv").mkdir()
+        (place / "results.csv" / "old.csv").write_bytes(SENTINEL)
+        out, needle = place / "results.csv", "is a folder"
+    before = files_under(place)
+    code = cli.main(["check", *QUICK, "--images", str(folder), "--out", str(out)])
+    one_line_error(code, capsys.readouterr().err, str(out), needle)
+    assert files_under(place) == before and not (place / "no").exists()
+
+
+def _drop_dac_override():
+    """In the child, before exec: drop CAP_DAC_OVERRIDE from the bounding set, so that root's
+    process honours permission bits (PR_CAPBSET_DROP = 24, CAP_DAC_OVERRIDE = 1)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(24, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE)")
+
+
+def test_cli_read_only_out_folder(folder, tmp_path):
+    """A folder without write permission. Root writes through chmod (CAP_DAC_OVERRIDE), so as root the
+    CLI runs without that capability; the test first checks that the folder really refuses a file."""
+    place = tmp_path / "read-only"
+    place.mkdir()
+    (place / "results.csv").write_bytes(SENTINEL)
+    place.chmod(0o555)
+    preexec = _drop_dac_override if os.geteuid() == 0 else None
+    try:
+        probe = subprocess.run([sys.executable, "-c", f"open({str(place / 'probe')!r}, 'w')"], capture_output=True,
+                               preexec_fn=preexec)
+        if probe.returncode == 0 or b"PermissionError" not in probe.stderr:
+            pytest.skip(f"cannot make a folder read-only here: {probe.stderr.decode()[-300:]}")
+        result = check_cli(folder, place / "results.csv", preexec_fn=preexec)
+        one_line_error(result.returncode, result.stderr, str(place / "results.csv"), "cannot create a file in")
+        assert files_under(place) == {"results.csv": SENTINEL}
+    finally:
+        place.chmod(0o755)
+
+
+def test_cli_corrupt_png_fails_naming_it_and_other_files_are_ignored(folder, tmp_path, capsys):
+    from saliency_sanity import cli
+
+    (folder / "notes.txt").write_text("not an image: ignored")
+    (folder / "bird" / "README.txt").write_text("ignored too")
+    (folder / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    place = tmp_path / "results"
+    place.mkdir()
+    (place / "results.csv").write_bytes(SENTINEL)
+    sys.path.insert(0, str(TESTS_DIR))
+    code = cli.main(["check", *QUICK, "--images", str(folder), "--out", str(place / "results.csv")])
+    one_line_error(code, capsys.readouterr().err, "cannot read image", str(folder / "cat" / "broken.png"))
+    assert files_under(place) == {"results.csv": SENTINEL}
+    # without the corrupt file the run succeeds, with the images only, and replaces the previous CSV;
+    # bird/README.txt sorts third in its folder, so --limit 3 would reach it if it were taken for an image
+    (folder / "cat" / "broken.png").unlink()
+    images = [str(Path(c, f"{i}.png")) for i, c in enumerate(["bird", "bird", "cat", "cat", "cat"])]
+    assert load_image_folder(folder).paths == images
+    code = cli.main(["check", *QUICK, "--limit", "3", "--images", str(folder), "--out", str(place / "results.csv")])
+    assert code == 0 and "rows ->" in capsys.readouterr().out
+    table = pd.read_csv(place / "results.csv")
+    assert sorted(table.file.unique()) == images[:3]
+    assert list(files_under(place)) == ["results.csv"]
+
+
+def _file_size_limit(limit):
+    def preexec():
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit: OSError(EFBIG), not a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+def test_cli_file_size_limit_while_writing_the_csv(folder, tmp_path):
+    place = tmp_path / "results"
+    place.mkdir()
+    (place / "results.csv").write_bytes(SENTINEL)
+    # 16 rows of a few dozen bytes each do not fit in 256 bytes; nothing else is written
+    result = check_cli(folder, place / "results.csv", "--limit", "2", preexec_fn=_file_size_limit(256))
+    one_line_error(result.returncode, result.stderr, f"cannot write the results to {place / 'results.csv'}",
+                   "File too large", "unchanged")
+    assert files_under(place) == {"results.csv": SENTINEL}

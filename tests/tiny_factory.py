@@ -12,3 +12,9 @@ def tiny() -> nn.Module:
 
 def not_a_model():
     return "oops"
+
+
+def unseeded() -> nn.Module:
+    """A 3-layer CNN left to torch's global generator, as most users' factories are."""
+    return nn.Sequential(nn.Conv2d(3, 4, 5, stride=4), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(96, 5))

@@ -2,7 +2,7 @@
 
 ``torchvision:NAME`` builds ``torchvision.models.get_model(NAME)``; ``package.module:factory`` imports
 the module and calls ``factory()`` without arguments. Weights: ``none`` (the constructor's random
-init), ``DEFAULT`` (torchvision's pretrained weights through its own API, downloaded by torchvision;
+init, seeded by ``seed``: the same model in every run and on every rank), ``DEFAULT`` (torchvision's pretrained weights through its own API, downloaded by torchvision;
 torchvision models only) or the path of a state dict, loaded with ``weights_only=True``.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .cache import safe_torch_load
+from .draws import seeded_init
 
 
 @dataclass
@@ -68,16 +69,21 @@ def load_state(model: nn.Module, path: str, spec: str) -> None:
                          f"{result.unexpected_keys[:5]}, wrong shape {wrong_shape[:5]} -- weights of another architecture?")
 
 
-def load_model(spec: str, weights: str | None = "none") -> LoadedModel:
-    """The model ``spec`` names, with ``weights`` (``none``, ``DEFAULT`` or a state-dict path), in eval mode."""
+def load_model(spec: str, weights: str | None = "none", *, seed: int = 0) -> LoadedModel:
+    """The model ``spec`` names, with ``weights`` (``none``, ``DEFAULT`` or a state-dict path), in eval mode.
+
+    The constructor runs with torch's generator seeded from ``seed`` (and restored after), so that
+    ``weights="none"`` gives the same random model in every run and on every torchrun rank.
+    """
     weights = None if weights in (None, "", "none", "None") else weights
-    if spec.startswith("torchvision:"):
-        loaded = _torchvision(spec.split(":", 1)[1], "DEFAULT" if weights == "DEFAULT" else None)
-    else:
-        if weights == "DEFAULT":
-            raise ValueError("--weights DEFAULT is torchvision's pretrained weights; for a factory model pass a "
-                             "state-dict path or none")
-        loaded = _factory(spec)
+    if not spec.startswith("torchvision:") and weights == "DEFAULT":
+        raise ValueError("--weights DEFAULT is torchvision's pretrained weights; for a factory model pass a "
+                         "state-dict path or none")
+    with seeded_init(seed):
+        if spec.startswith("torchvision:"):
+            loaded = _torchvision(spec.split(":", 1)[1], "DEFAULT" if weights == "DEFAULT" else None)
+        else:
+            loaded = _factory(spec)
     if weights not in (None, "DEFAULT"):
         load_state(loaded.model, weights, spec)
     loaded.model.eval()

@@ -14,7 +14,7 @@ import pandas as pd
 
 from . import distributed
 from .byom import default_layer, load_model
-from .checks import class_sensitivity, randomization_test, similarity_means
+from .checks import CLASS_PAIRS, canonical_order, class_sensitivity, randomization_test, similarity_means
 from .folder import load_image_folder
 from .methods import METHODS
 from .similarity import SIMILARITY_METRICS
@@ -36,7 +36,12 @@ def run_check(model: str, images: str | Path, *, weights: str = "none", methods=
               tests="randomization,class_sensitivity", metrics="spearman_abs,ssim", mode: str = "cascading",
               device: str = "auto", batch_size: int = 16, limit: int | None = None, seed: int = 0,
               progress: bool = True) -> pd.DataFrame | None:
-    """Run the checks; the whole table on rank 0 (and in a single process), None on other ranks."""
+    """Run the checks; the whole table on rank 0 (and in a single process), None on other ranks.
+
+    Every random draw is keyed by ``seed`` and the image's index in the folder (the model's random
+    initialisation under ``weights="none"`` by ``seed`` alone), so the table is the same, row
+    order included, for any ``batch_size`` and any number of torchrun ranks.
+    """
     methods = _split(methods, "method(s)", [m for m in METHODS if m != "sound_mask"])
     tests = _split(tests, "test(s)", TESTS)
     metrics = _split(metrics, "metric(s)", SIMILARITY_METRICS)
@@ -44,10 +49,10 @@ def run_check(model: str, images: str | Path, *, weights: str = "none", methods=
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ranks, dev = distributed.init(device)
     try:
-        loaded = load_model(model, weights)
+        loaded = load_model(model, weights, seed=seed)
         net = loaded.model.to(dev)
         data = load_image_folder(images, limit=limit)
-        mine = distributed.shard(len(data.images), ranks)
+        mine = distributed.shard(len(data.images), ranks, block=batch_size)
         x = data.images[mine.start:mine.stop].to(dev)
         ids = list(mine)
         layer = default_layer(net) if any(m in LAYERED for m in methods) else None
@@ -68,6 +73,9 @@ def run_check(model: str, images: str | Path, *, weights: str = "none", methods=
         distributed.finish()
     if frame is None:
         return None
+    # one order whatever the batch size and rank count (ranks return their rows one after another)
+    frame = canonical_order(frame, test=list(TESTS), label=methods, metric=metrics,
+                            pair=[f"{a} vs {b}" for a, b in CLASS_PAIRS])
     frame["file"] = [data.paths[i] for i in frame["image"]]
     frame["model"] = loaded.name
     return frame

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._validation import check_choice, check_images, check_model
+from .draws import image_seeds
 from .guard import preserved
 from .methods import get_method
 from .methods.many import attribute_many
@@ -38,11 +39,13 @@ PAPER_METHODS: tuple[tuple[str, str, dict, str], ...] = (
     ("integrated_gradients", "integrated_gradients", {}, "signed propagation"),
     ("deconvnet", "deconvnet", {}, "signed propagation"),
     ("guided_backprop", "guided_backprop", {}, "positive propagation"),
+    ("guided_gradcam", "guided_gradcam", {}, "positive propagation"),
     ("rectgrad", "rectgrad", {}, "positive propagation"),
     ("lrp_epsilon", "lrp_epsilon", {}, "signed propagation"),
     ("lrp_alpha2_beta1", "lrp_alpha_beta", {"alpha": 2.0, "beta": 1.0}, "signed propagation"),
     ("lrp_alpha1_beta0", "lrp_alpha_beta", {"alpha": 1.0, "beta": 0.0}, "positive propagation"),
     ("lrp_zplus", "lrp_zplus", {}, "positive propagation"),
+    ("lrp_composite", "lrp_composite", {}, "signed propagation"),
     ("gradcam", "gradcam", {"aggregation": "signed"}, "signed aggregation"),
     ("gradcam/positive", "gradcam", {"aggregation": "positive"}, "positive aggregation"),
     ("gradcam/absolute", "gradcam", {"aggregation": "absolute"}, "absolute aggregation"),
@@ -116,6 +119,37 @@ def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
     return tuple(metrics)
 
 
+ROW_ORDER = ("test", "stage", "pair", "label", "metric", "image")
+
+
+def canonical_order(frame: pd.DataFrame, **orders: Sequence) -> pd.DataFrame:
+    """The rows of a check's table in one canonical order, whatever the batch size or rank count:
+    by test, stage, class pair, method label, metric and image, where ``orders`` gives the order of
+    a categorical column (e.g. ``label=[...]`` as requested) and other columns sort by value."""
+    keys, sorter = [], {}
+    for column in ROW_ORDER:
+        if column not in frame:
+            continue
+        keys.append(column)
+        if column in orders:
+            rank = {value: i for i, value in enumerate(orders[column])}
+            sorter[column] = lambda values, rank=rank: values.map(rank)
+    if not keys:
+        return frame.reset_index(drop=True)
+    return frame.sort_values(keys, key=lambda col: sorter.get(col.name, lambda v: v)(col), kind="stable",
+                             na_position="last").reset_index(drop=True)
+
+
+def _image_ids(image_ids: Sequence[int] | None, x: torch.Tensor) -> list[int]:
+    """The global index of each image (0..N-1 by default): it keys the image's random draws."""
+    ids = list(range(len(x))) if image_ids is None else [int(i) for i in image_ids]
+    if len(ids) != len(x):
+        raise ValueError(f"image_ids has {len(ids)} entries for {len(x)} images; give one index per image")
+    if len(set(ids)) != len(ids):
+        raise ValueError("image_ids must be unique: each image's random draws are keyed by its index")
+    return ids
+
+
 class _Rows:
     """Result rows kept on the model's device and turned into one DataFrame at the end.
 
@@ -186,6 +220,12 @@ def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, 
     (negative counts from the end, e.g. ``[0, -1]``: original and fully randomized); the weights
     still pass through every stage. Methods that share a forward/backward pass are computed
     together at every stage.
+
+    Random draws are keyed by ``seed`` and the image's index in ``image_ids`` (default 0..N-1),
+    never by the batch: the "random" class and SmoothGrad's noise are the same for an image at every
+    stage (so a change measures the model, not the draw), and each layer's re-initialisation is
+    keyed by ``seed`` and the layer's name. The table is the same for any ``batch_size``, and its
+    rows come in one canonical order (:func:`canonical_order`).
     """
     check_model(model)
     check_images(x)
@@ -194,13 +234,13 @@ def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, 
     check_choice(explain, EXPLAIN_CHOICES, "explain")
     if explain == "label" and (labels is None or len(labels) != len(x)):
         raise ValueError("explain='label' needs labels: a LongTensor with one class per image")
-    ids = list(image_ids) if image_ids is not None else list(range(len(x)))
+    ids = _image_ids(image_ids, x)
     label_to_method = {lab: (name, _variant(name, opts)) for lab, name, opts in requests}
     device = next(model.parameters()).device
     rows = _Rows(label_to_method)
     with preserved(model):
         with torch.no_grad():
-            fixed = (torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+            fixed = (torch.cat([model(x[i:i + batch_size].to(device).clone()).argmax(1).cpu()
                                 for i in range(0, len(x), batch_size)])
                      if explain == "original_top1" else labels)
         reference: dict[str, list[torch.Tensor]] = {}
@@ -217,7 +257,8 @@ def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, 
                 for start in range(0, len(x), batch_size):
                     xb = x[start:start + batch_size].to(device)
                     target = "top1" if explain == "current_top1" else fixed[start:start + batch_size]
-                    maps = attribute_many(model, xb, target, requests, reduce=None, seed=seed)
+                    maps = attribute_many(model, xb, target, requests, reduce=None,
+                                          seed=image_seeds(seed, ids[start:start + len(xb)]))
                     chunk = start // batch_size
                     if stage.index == 0:
                         for lab in label_to_method:
@@ -228,7 +269,7 @@ def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, 
                                  images=ids[start:start + len(xb)], targets=maps["target"])
                     bar.update(1)
             bar.close()
-    frame = rows.frame()
+    frame = canonical_order(rows.frame(), label=list(label_to_method), metric=metrics)
     frame["mode"], frame["order"] = mode, order
     return frame
 
@@ -245,7 +286,9 @@ def class_sensitivity(model: nn.Module, x: torch.Tensor, methods: Iterable, *,
 
     A method that explains the output gives different maps for different classes: high similarity
     is a failure. Targets in ``pairs`` are names (``"top1"``, ``"bottom1"``, ``"random"``) or
-    LongTensors with one class per image.
+    LongTensors with one class per image. The "random" class and SmoothGrad's noise are keyed by
+    ``seed`` and the image's index in ``image_ids``, so the table (in :func:`canonical_order`) is
+    the same for any ``batch_size``.
     """
     check_model(model)
     check_images(x)
@@ -253,7 +296,7 @@ def class_sensitivity(model: nn.Module, x: torch.Tensor, methods: Iterable, *,
     metrics = _check_metrics(metrics)
     if not pairs:
         raise ValueError("pass at least one pair of targets, e.g. [('top1', 'bottom1')]")
-    ids = list(image_ids) if image_ids is not None else list(range(len(x)))
+    ids = _image_ids(image_ids, x)
     label_to_method = {lab: (name, _variant(name, opts)) for lab, name, opts in requests}
     device = next(model.parameters()).device
     parts = []
@@ -269,7 +312,8 @@ def class_sensitivity(model: nn.Module, x: torch.Tensor, methods: Iterable, *,
                 key = (t if isinstance(t, str) else id(t), start)
                 if key not in cache:  # top1 maps are shared by every pair
                     tt = t[start:start + batch_size] if isinstance(t, torch.Tensor) else t
-                    cache[key] = attribute_many(model, xb, tt, requests, reduce=None, seed=seed)
+                    cache[key] = attribute_many(model, xb, tt, requests, reduce=None,
+                                                seed=image_seeds(seed, ids[start:start + len(xb)]))
                 out.append(cache[key])
             for lab in label_to_method:
                 sims = similarity_table(out[0][lab], out[1][lab], metrics)
@@ -282,7 +326,8 @@ def class_sensitivity(model: nn.Module, x: torch.Tensor, methods: Iterable, *,
                         "value": values.detach().cpu().double().numpy()}))
             bar.update(1)
     bar.close()
-    return pd.concat(parts, ignore_index=True)
+    return canonical_order(pd.concat(parts, ignore_index=True), label=list(label_to_method), metric=metrics,
+                           pair=[f"{_target_name(a)} vs {_target_name(b)}" for a, b in pairs])
 
 
 def _target_name(t) -> str:
@@ -345,18 +390,19 @@ def data_randomization_test(model: nn.Module, random_label_model: nn.Module, x: 
     check_images(x)
     requests = method_requests(methods)
     metrics = _check_metrics(metrics)
-    ids = list(image_ids) if image_ids is not None else list(range(len(x)))
+    ids = _image_ids(image_ids, x)
     label_to_method = {lab: (name, _variant(name, opts)) for lab, name, opts in requests}
     device = next(model.parameters()).device
     parts = []
     for start in tqdm(range(0, len(x), batch_size), disable=not progress, desc="data randomization"):
         xb = x[start:start + batch_size].to(device)
-        a = attribute_many(model, xb, "top1", requests, reduce=None, seed=seed)
-        b = attribute_many(random_label_model, xb, "top1", requests, reduce=None, seed=seed)
+        seeds = image_seeds(seed, ids[start:start + len(xb)])
+        a = attribute_many(model, xb, "top1", requests, reduce=None, seed=seeds)
+        b = attribute_many(random_label_model, xb, "top1", requests, reduce=None, seed=seeds)
         for lab, (name, variant) in label_to_method.items():
             for metric, values in similarity_table(a[lab], b[lab], metrics).items():
                 parts.append(pd.DataFrame({
                     "method": name, "variant": variant, "label": lab, "image": ids[start:start + len(xb)],
                     "target_a": a["target"].cpu().numpy(), "target_b": b["target"].cpu().numpy(),
                     "metric": metric, "value": values.detach().cpu().double().numpy()}))
-    return pd.concat(parts, ignore_index=True)
+    return canonical_order(pd.concat(parts, ignore_index=True), label=list(label_to_method), metric=metrics)

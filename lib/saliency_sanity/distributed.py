@@ -1,7 +1,7 @@
 """Split the images of a check across torchrun processes and gather one result table.
 
 Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the checks run on a contiguous
-slice of the images per rank (keeping the global image index in the ``image`` column) and rank 0
+slice of whole batches of images per rank (keeping the global image index in the ``image`` column) and rank 0
 receives every rank's rows: the same table as one process, row for row. gloo on the CPU, nccl on
 GPUs (one per rank, ``LOCAL_RANK``).
 """
@@ -46,11 +46,17 @@ def init(device: str = "auto") -> tuple[Ranks, torch.device]:
     return Ranks(dist.get_rank(), dist.get_world_size(), local_rank), wanted
 
 
-def shard(n: int, ranks: Ranks) -> range:
-    """The contiguous slice of ``n`` items that ``ranks.rank`` works on (sizes differ by at most one)."""
-    base, extra = divmod(n, ranks.world)
-    start = ranks.rank * base + min(ranks.rank, extra)
-    return range(start, start + base + (ranks.rank < extra))
+def shard(n: int, ranks: Ranks, block: int = 1) -> range:
+    """The contiguous slice of ``n`` items that ``ranks.rank`` works on: whole ``block``s (batches)
+    split as evenly as possible, so that every rank count computes the very same batches as one
+    process and the floating-point sums, hence the maps, are identical bit for bit."""
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    blocks = -(-n // block)
+    base, extra = divmod(blocks, ranks.world)
+    first = ranks.rank * base + min(ranks.rank, extra)
+    count = base + (ranks.rank < extra)
+    return range(min(n, first * block), min(n, (first + count) * block))
 
 
 def gather(frame: pd.DataFrame, ranks: Ranks) -> pd.DataFrame | None:

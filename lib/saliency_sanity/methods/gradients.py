@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..draws import image_generators
 from ..guard import preserved
 from .registry import register
 from .shared_pass import PassRecord, run_pass
@@ -50,7 +51,7 @@ def _batched_input_gradients(model: nn.Module, inputs: torch.Tensor, target: tor
         for i in range(0, len(inputs), chunk):
             xi = inputs[i:i + chunk].detach().requires_grad_(True)
             with torch.enable_grad():
-                logits = model(xi)
+                logits = model(xi.clone())  # a first in-place layer may write into it, not into the leaf
                 if i == 0:
                     check_in_range(target, logits.shape[1])
                 score = logits.gather(1, target[i:i + chunk, None]).sum()
@@ -63,7 +64,8 @@ def _target_at(model: nn.Module, x: torch.Tensor, target, seed: int) -> torch.Te
     forward; explicit indices need none (their range is checked on the method's first forward)."""
     if isinstance(target, str):
         with torch.no_grad():
-            return resolve_targets(model(x), target, seed)
+            # a clone: a model whose first layer works in place must not write into the caller's x
+            return resolve_targets(model(x.clone()), target, seed)
     return as_index_tensor(target, len(x), x.device)
 
 
@@ -73,7 +75,8 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, n_sa
     """Average gradient over ``n_samples`` noisy copies of each image (Smilkov et al. 2017, Eq. 3).
 
     The noise is N(0, sigma^2) with sigma = ``noise`` * (max(x_i) - min(x_i)) per image, drawn from a
-    generator seeded by ``seed`` (on the CPU, so CPU and GPU runs use the same noise). The target is
+    generator seeded by ``seed`` (on the CPU, so CPU and GPU runs use the same noise); with one seed
+    per image (:mod:`saliency_sanity.draws`) from one generator per image, independent of the batch. The target is
     resolved on the clean image. ``internal_batch_size`` bounds the number of noisy images per
     forward pass (all of them in one pass by default).
     """
@@ -84,8 +87,12 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, n_sa
     t = _target_at(model, x, target, seed)
     b = len(x)
     sigma = noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(1, b, 1, 1, 1)
-    gen = torch.Generator().manual_seed(int(seed))
-    eps = torch.randn((n_samples, *x.shape), generator=gen, dtype=x.dtype).to(x.device)
+    gens = image_generators(seed, b, "smoothgrad noise")
+    if gens is None:
+        eps = torch.randn((n_samples, *x.shape), generator=torch.Generator().manual_seed(int(seed)), dtype=x.dtype)
+    else:
+        eps = torch.stack([torch.randn((n_samples, *x.shape[1:]), generator=g, dtype=x.dtype) for g in gens], dim=1)
+    eps = eps.to(x.device)
     noisy = (x.unsqueeze(0) + sigma * eps).reshape(n_samples * b, *x.shape[1:])
     grads = _batched_input_gradients(model, noisy, t.repeat(n_samples), internal_batch_size)
     return grads.view(n_samples, *x.shape).mean(0)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .._validation import check_images, check_model
 from ..data import FASHION_MNIST_MEAN
+from ..draws import single_seed
 from ..guard import preserved
 from ..soundness import (DEFAULT_N_FILL, DEFAULT_SIGMA, FILLS, check_fill_images, check_n_fill,
                          label_log_probabilities, make_fills)
@@ -113,7 +114,7 @@ def sound_masks(model: nn.Module, x: torch.Tensor, labels_per_image, *, steps: i
     rows = batch * n_labels
     x_rows = x.detach().repeat_interleave(n_labels, dim=0)  # mask r belongs to image r // L
     flat_labels = labels.reshape(-1)
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(single_seed(seed, "sound_masks"))
     if isinstance(fill, str) and fill == "random_images":
         pool, n_fill = check_fill_images(fill_images, x), check_n_fill(n_fill)
         fixed = None
@@ -173,7 +174,7 @@ def sound_mask(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, step
     """
     if isinstance(target, str):
         with torch.no_grad():
-            labels = resolve_targets(model(x), target, seed)
+            labels = resolve_targets(model(x.clone()), target, seed)  # a first in-place layer must not write into x
     else:
         labels = as_index_tensor(target, len(x), x.device)
     return sound_masks(model, x, labels[:, None], steps=steps, lr=lr, lambda_area=lambda_area,

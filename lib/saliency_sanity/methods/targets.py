@@ -2,6 +2,8 @@
 
 "random" follows the random-logit test of Sixt et al. (2020): a class drawn uniformly among the
 classes other than the top-1 class, from a seeded generator so that reruns explain the same class.
+With one seed per image (:mod:`saliency_sanity.draws`) each image's class is drawn from its own
+generator, so it does not depend on the batch the image is in.
 """
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ from typing import Union
 
 import torch
 
+from ..draws import Seed, image_generators
+
 TargetSpec = Union[str, int, torch.Tensor, list, tuple]
 TARGET_NAMES = ("top1", "bottom1", "random")
 
 
-def resolve_targets(logits: torch.Tensor, target: TargetSpec, seed: int = 0) -> torch.Tensor:
+def resolve_targets(logits: torch.Tensor, target: TargetSpec, seed: Seed = 0) -> torch.Tensor:
     """Turn a target spec into a LongTensor[B] of class indices, validated against ``logits`` [B, K]."""
     batch, classes = logits.shape[0], logits.shape[-1]
     if isinstance(target, str):
@@ -24,8 +28,12 @@ def resolve_targets(logits: torch.Tensor, target: TargetSpec, seed: int = 0) -> 
         if target == "random":
             if classes < 2:
                 raise ValueError("target='random' needs a model with at least two classes")
-            gen = torch.Generator().manual_seed(int(seed))
-            offset = torch.randint(1, classes, (batch,), generator=gen).to(logits.device)
+            gens = image_generators(seed, batch, "random class")
+            if gens is None:
+                offset = torch.randint(1, classes, (batch,), generator=torch.Generator().manual_seed(int(seed)))
+            else:
+                offset = torch.cat([torch.randint(1, classes, (1,), generator=g) for g in gens])
+            offset = offset.to(logits.device)
             # a uniform draw among the K-1 classes that are not the top-1 class
             return (logits.argmax(dim=1) + offset) % classes
         raise ValueError(f"unknown target {target!r}; use a class index, a LongTensor[B], "
