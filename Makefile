@@ -38,11 +38,25 @@ book: data
 smoke: data
 	$(PY) -m saliency_sanity reproduce --profile smoke
 
-# Debian's chromium for the browser test of the built site (root with apt only).
-browser:
-	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null); \
+# Debian's chromium for the browser test of the built site. Installed with apt when we are root;
+# anything else that leaves it missing stops here, loudly: `make test` never skips the browser
+# test (`make test-fast` leaves it out on purpose).
+browser: install
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+	  if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	    echo "make browser: Debian's chromium is missing and only root with apt-get can install it here;" >&2; \
+	    echo "  run 'sudo apt-get install chromium' (or 'sudo make browser'), or 'make test-fast' to leave out the browser test" >&2; \
+	    exit 1; \
+	  fi; \
+	  echo "Installing Debian's chromium for the browser test (apt-get install chromium)"; \
+	  apt-get install -y -qq chromium >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	    || { echo "make browser: apt-get could not install chromium (see the errors above)" >&2; exit 1; }; \
+	  command -v chromium >/dev/null \
+	    || { echo "make browser: apt-get installed chromium but it is not on PATH" >&2; exit 1; }; \
 	fi
+	@$(PY) -c "import playwright.sync_api" \
+	  || { echo "make browser: playwright is not importable in $(VENV); run 'make install'" >&2; exit 1; }
 
 test: data browser
 	$(PY) -m pytest -q

@@ -1,29 +1,50 @@
 """Open every page of the smoke-built site in headless Chromium, as a reader would.
 
-Fails on a page that does not load, an image that does not render, a broken internal link or a
-figure without its caption; saves screenshots of the home page and one results page.
+Fails on a page that does not load, an image that does not render, a broken internal link, an
+in-page anchor (``#fragment``) that names no element on its target page, or a figure without its
+caption; saves screenshots of the home page and one results page.
+
+A missing browser is a failure, never a skip: ``make test`` installs Debian's chromium (as root
+with apt). To leave this test out on purpose, deselect it: ``pytest -m "not slow"`` or
+``make test-fast``.
 """
 import functools
 import http.server
-import os
+import importlib
 import shutil
+import sys
 import threading
-from pathlib import Path
-from urllib.parse import urljoin, urlparse
+from urllib.parse import unquote, urldefrag, urljoin, urlparse
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.slow
+INSTALL_HINT = ("install it with `make browser` (as root: apt-get install chromium) or "
+                "`sudo apt-get install chromium`; to leave this test out on purpose, run "
+                "`pytest -m \"not slow\"` or `make test-fast`")
 
 
-def _require_browser():
-    if CHROMIUM is None:
-        message = "Debian's chromium is not installed (make test installs it as root: apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return pytest.importorskip("playwright.sync_api")
+def _require_browser(which=shutil.which):
+    """Playwright's sync API and Debian's chromium, or a test failure that says how to get them."""
+    chromium = which("chromium") or which("chromium-browser")
+    if chromium is None:
+        pytest.fail(f"Debian's chromium is not on PATH; {INSTALL_HINT}", pytrace=False)
+    try:
+        sync_api = importlib.import_module("playwright.sync_api")
+    except ImportError as error:
+        pytest.fail(f"playwright is not importable ({error}); install the test extra "
+                    f"(pip install -e \".[test]\", or `make install`)", pytrace=False)
+    return sync_api, chromium
+
+
+def test_missing_chromium_fails_not_skips():
+    with pytest.raises(pytest.fail.Exception, match="chromium is not on PATH.*apt-get install chromium"):
+        _require_browser(which=lambda name: None)
+
+
+def test_missing_playwright_fails_not_skips(monkeypatch):
+    monkeypatch.setitem(sys.modules, "playwright.sync_api", None)  # makes the import raise ImportError
+    with pytest.raises(pytest.fail.Exception, match="playwright is not importable"):
+        _require_browser(which=lambda name: "/usr/bin/" + name)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +62,14 @@ def served_site(smoke_site):
     server.shutdown()
 
 
-def test_every_page_loads_with_images_links_and_captions(served_site):
-    sync_api = _require_browser()
+# every id in the document, and the names of <a name=...>: what a fragment can point to
+ANCHOR_TARGETS_JS = ("() => [...document.querySelectorAll('[id]')].map(e => e.id).concat("
+                     "[...document.querySelectorAll('a[name]')].map(a => a.getAttribute('name')))")
+
+
+@pytest.mark.slow
+def test_every_page_loads_with_images_links_anchors_and_captions(served_site):
+    sync_api, chromium = _require_browser()
     html, base = served_site
     pages = sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html")
                    if not p.name.startswith(("genindex", "search")) and "_static" not in p.parts
@@ -52,17 +79,20 @@ def test_every_page_loads_with_images_links_and_captions(served_site):
     shots = html.parent / "screenshots"
     shots.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+        browser = pw.chromium.launch(executable_path=chromium, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run", "--disable-quic"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base) else route.abort())
         checked_links: dict[str, int] = {}
+        anchors: dict[str, set[str]] = {}  # page url -> the ids and names on it, as rendered
+        fragments: list[tuple[str, str, str]] = []  # (linking page, target page url, fragment)
         for rel in pages:
             response = page.goto(base + rel, wait_until="load")
             if response is None or response.status != 200:
                 problems.append(f"{rel}: HTTP {response and response.status}")
                 continue
+            anchors[base + rel] = set(page.evaluate(ANCHOR_TARGETS_JS))
             broken = page.eval_on_selector_all(
                 "img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
             problems += [f"{rel}: image does not render: {src}" for src in broken]
@@ -72,17 +102,32 @@ def test_every_page_loads_with_images_links_and_captions(served_site):
             if uncaptioned:
                 problems.append(f"{rel}: {uncaptioned} figure(s) without a caption")
             for href in page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)"):
-                url = urljoin(base + rel, href).split("#")[0]
-                if not url.startswith(base) or url in checked_links:
+                url, fragment = urldefrag(urljoin(base + rel, href))
+                if not url.startswith(base):
+                    continue
+                if fragment:
+                    fragments.append((rel, url, unquote(fragment)))
+                if url in checked_links:
                     continue
                 checked_links[url] = page.request.get(url).status
                 if checked_links[url] != 200:
                     problems.append(f"{rel}: broken internal link {urlparse(url).path} ({checked_links[url]})")
+        # in-page anchors, on this page or another one: the fragment must name an element there
+        for rel, url, fragment in fragments:
+            if url not in anchors:  # a target outside `pages` (genindex, search, ...): load it once
+                anchors[url] = set()
+                response = page.goto(url, wait_until="load") if checked_links.get(url) == 200 else None
+                if response is not None and response.status == 200:
+                    anchors[url] = set(page.evaluate(ANCHOR_TARGETS_JS))
+            if checked_links.get(url) == 200 and fragment != "top" and fragment not in anchors[url]:
+                target = urlparse(url).path.removeprefix("/")
+                where = "" if target == rel else f" on {target}"
+                problems.append(f"{rel}: broken anchor #{fragment}{where}")
         page.goto(base + "index.html")
         page.wait_for_url("**/book/intro.html")
         page.screenshot(path=str(shots / "home.png"), full_page=True)
         page.goto(base + "book/models.html", wait_until="load")
         page.screenshot(path=str(shots / "results.png"), full_page=True)
         browser.close()
-    assert not problems, "\n".join(problems)
+    assert not problems, "\n".join(sorted(set(problems)))
     assert (shots / "home.png").stat().st_size > 10_000
