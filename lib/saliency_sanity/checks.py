@@ -2,7 +2,7 @@
 
 Randomization test: Adebayo et al. (2018), Sec. 3-4 (cascading / independent re-initialisation,
 maps compared to the original model's by Spearman (abs, signed), SSIM and HOG). Class sensitivity:
-Khakzar et al. (2020), Sec. 4 (top-1 vs least likely class) and the random-logit test of Sixt et
+Khakzar et al. (2020) (top-1 vs least likely class) and the random-logit test of Sixt et
 al. (2020). Every row is one image x method x stage (or class pair) x metric.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ COLUMNS = ["method", "variant", "stage", "layer", "image", "target", "metric", "
 
 MethodRequest = tuple[str, str, dict]
 
-# Every method of the paper with its handling of gradients (Khakzar et al. 2020, Sec. 3): label,
+# Every method of the paper with its handling of gradients (after Khakzar et al. 2020's abstract): label,
 # registry name, options, handling. The original methods are the rows without a "/variant" label
 # suffix, except the aggregation variants that Khakzar et al. introduce to isolate the cause.
 PAPER_METHODS: tuple[tuple[str, str, dict, str], ...] = (
@@ -211,7 +211,7 @@ def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, 
                        stages: Sequence[int] | None = None, progress: bool = True,
                        **randomization_options) -> pd.DataFrame:
     """Similarity of each method's map under progressive (or independent) re-initialisation to its
-    map on the original model (Adebayo et al. 2018, Sec. 4; Khakzar et al. 2020, Sec. 4).
+    map on the original model (Adebayo et al. 2018, Sec. 4; Khakzar et al. 2020).
 
     ``explain`` picks the explained class at every stage: ``"current_top1"`` (argmax of the
     randomized model, as in Adebayo et al.'s code), ``"original_top1"`` (the trained model's top-1,
@@ -282,7 +282,7 @@ def class_sensitivity(model: nn.Module, x: torch.Tensor, methods: Iterable, *,
                       seed: int = 0, batch_size: int = 64, image_ids: Sequence[int] | None = None,
                       progress: bool = True) -> pd.DataFrame:
     """Similarity between maps of the same image for two different classes (Khakzar et al. 2020,
-    Sec. 4.2: top-1 vs least likely; Sixt et al. 2020: top-1 vs a random class).
+    top-1 vs least likely; Sixt et al. 2020: top-1 vs a random class).
 
     A method that explains the output gives different maps for different classes: high similarity
     is a failure. Targets in ``pairs`` are names (``"top1"``, ``"bottom1"``, ``"random"``) or
@@ -336,7 +336,7 @@ def _target_name(t) -> str:
 
 def positive_handling_summary(randomization: pd.DataFrame, sensitivity: pd.DataFrame, *,
                               threshold: float = 0.5) -> pd.DataFrame:
-    """One row per method x test: mean and std similarity and pass/fail (Khakzar et al. 2020, Tab. 1).
+    """One row per method x test: mean and std similarity and pass/fail (the tests of Khakzar et al. 2020).
 
     ``randomization``: rows of :func:`randomization_test` (its last stage is used: every layer
     randomized); ``sensitivity``: rows of :func:`class_sensitivity`. A method passes a test when

@@ -188,7 +188,7 @@ def positive_handling_scatter(summary: pd.DataFrame, *, threshold: float = 0.5) 
 
 
 def completeness_soundness_scatter(table: pd.DataFrame) -> plt.Figure:
-    """Mean completeness (x) vs mean soundness (y) per method (Gupta et al. 2022, Sec. 4): a method
+    """Mean completeness (x) vs mean soundness (y) per method (Gupta et al. 2022): a method
     that explains the prediction sits top right; the class-agnostic control shows how much
     soundness a map gets by never proving any other label."""
     fig, ax = plt.subplots(figsize=(6.0, 4.8))
