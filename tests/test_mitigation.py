@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from saliency_sanity.data import synthetic
-from saliency_sanity.mitigation import (EnsembleModel, distillation_targets, ensemble_predictions,
-                                        prediction_entropy, soft_cross_entropy, train_mitigated)
+import pandas as pd
+
+from saliency_sanity.mitigation import (METHOD_OPTIONS, MITIGATIONS, EnsembleModel, compare_to_ensemble,
+                                        distillation_targets, ensemble_predictions, prediction_entropy,
+                                        share_of_ensemble_reduction, soft_cross_entropy, train_mitigated)
+from saliency_sanity.stability import temporal_label_entropy
 from saliency_sanity.training import TrainConfig, train_model, training_loss
 
 BASE = TrainConfig(arch="vgg", seed=0, epochs=2, batch_size=32)
@@ -78,8 +82,11 @@ def test_train_mitigated_costs_and_determinism(tmp_path):
     first = train_mitigated("ensemble", BASE, TRAIN, TEST, seeds=[0, 1], device="cpu", progress=False, root=tmp_path,
                             ensemble_size=2)
     assert first.test_probabilities().shape == (2, len(TEST.images), 10)
-    assert list(first.costs.columns) == ["method", "seed", "train_seconds", "teacher_seconds", "seconds"]
+    assert list(first.costs.columns) == ["method", "seed", "train_seconds", "teacher_seconds", "seconds",
+                                         "train_epochs", "teacher_epochs", "epochs"]
     assert (first.costs.train_seconds > 0).all() and len(first.runs[0].members) == 2
+    assert first.costs.epochs.tolist() == [4, 4]  # 2 members x 2 epochs, no teacher
+    assert first.distilled is None and math.isnan(first.distilled_share)
     again = train_mitigated("ensemble", BASE, TRAIN, TEST, seeds=[0, 1], device="cpu", progress=False,
                             root=tmp_path / "other", ensemble_size=2)
     assert torch.equal(first.test_probabilities(), again.test_probabilities())
@@ -87,3 +94,57 @@ def test_train_mitigated_costs_and_determinism(tmp_path):
         train_mitigated("dropout", BASE, TRAIN, TEST, seeds=[0])
     with pytest.raises(ValueError, match="takes no option"):
         train_mitigated("label_smoothing", BASE, TRAIN, TEST, seeds=[0], temperature=2)
+
+
+def test_localized_distillation_distils_only_the_teachers_unstable_images(tmp_path):
+    assert "localized_distillation" in MITIGATIONS
+    assert METHOD_OPTIONS["localized_distillation"]["distill_only_unstable"] == 0.0
+    local = train_mitigated("localized_distillation", BASE, TRAIN, TEST, seeds=[0, 1], device="cpu", progress=False,
+                            root=tmp_path)
+    teacher = local.teacher
+    assert teacher is not None and teacher.config.record_train_logits
+    # the flag: the teacher's prediction switched at least once over its epochs (within-run entropy > 0)
+    flagged = temporal_label_entropy(teacher.epoch_logits("train").argmax(-1)) > 0
+    assert torch.equal(local.distilled, flagged) and local.distilled.shape == (len(TRAIN.images),)
+    assert local.distilled_share == pytest.approx(flagged.double().mean().item())
+    assert all(r.members[0].config.distill_only_unstable == 0.0 for r in local.runs)
+    # cost: the teacher's epochs count on every predictor
+    assert local.costs.train_epochs.tolist() == [2, 2] and local.costs.teacher_epochs.tolist() == [2, 2]
+    assert local.costs.epochs.tolist() == [4, 4]
+    assert (local.costs.seconds == local.costs.train_seconds + teacher.seconds).all()
+    # the global distillation shares the (cached) teacher and distils every image
+    everything = train_mitigated("distillation", BASE, TRAIN, TEST, seeds=[0], device="cpu", progress=False,
+                                 root=tmp_path)
+    assert everything.teacher.directory == teacher.directory and everything.teacher.resumed_from_epoch == 2
+    assert everything.distilled.all() and everything.distilled_share == 1.0
+    with pytest.raises(ValueError, match="takes no option"):
+        train_mitigated("localized_distillation", BASE, TRAIN, TEST, seeds=[0], label_smoothing=0.1)
+
+
+def test_share_of_ensemble_reduction_by_hand():
+    # no mitigation: 20 % unstable, the ensemble: 10 %; a mitigation at 11 % reaches 90 % of its reduction
+    assert share_of_ensemble_reduction(0.20, 0.11, 0.10) == pytest.approx(0.9)
+    assert share_of_ensemble_reduction(0.20, 0.20, 0.10) == 0.0
+    assert share_of_ensemble_reduction(0.20, 0.10, 0.10) == 1.0
+    assert share_of_ensemble_reduction(0.20, 0.25, 0.10) == pytest.approx(-0.5)  # worse than none
+    assert share_of_ensemble_reduction(0.20, 0.05, 0.10) == pytest.approx(1.5)  # better than the ensemble
+    assert share_of_ensemble_reduction(40, 30, 0) == 0.25  # counts work too
+    assert math.isnan(share_of_ensemble_reduction(0.10, 0.05, 0.10))  # the ensemble reduced nothing
+    assert math.isnan(share_of_ensemble_reduction(0.10, 0.05, 0.12))
+    with pytest.raises(ValueError, match="finite"):
+        share_of_ensemble_reduction(0.2, float("nan"), 0.1)
+
+
+def test_compare_to_ensemble_by_hand():
+    frame = pd.DataFrame({"mitigation": ["none", "label_smoothing", "localized_distillation", "ensemble"],
+                          "unstable": [0.20, 0.15, 0.11, 0.10], "seconds": [10.0, 12.0, 20.0, 30.0],
+                          "epochs": [5, 5, 10, 15]})
+    out = compare_to_ensemble(frame, costs=("seconds", "epochs"))
+    assert out.share_of_ensemble_reduction.tolist() == pytest.approx([0.0, 0.5, 0.9, 1.0])
+    assert out.seconds_vs_ensemble.tolist() == pytest.approx([1 / 3, 0.4, 2 / 3, 1.0])
+    assert out.epochs_vs_ensemble.tolist() == pytest.approx([1 / 3, 1 / 3, 2 / 3, 1.0])
+    assert list(frame.columns) == ["mitigation", "unstable", "seconds", "epochs"]  # the input is left alone
+    with pytest.raises(ValueError, match="exactly one row"):
+        compare_to_ensemble(frame[frame.mitigation != "ensemble"])
+    with pytest.raises(ValueError, match="lacks column"):
+        compare_to_ensemble(frame, costs=("minutes",))

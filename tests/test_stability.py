@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from saliency_sanity.methods.many import attribute_many
+from saliency_sanity.models import build_model
 from saliency_sanity.similarity import similarity
 from saliency_sanity.stability import (churn, instability_table, label_entropy, map_stability, map_stability_table,
-                                       max_label_entropy, pairwise_churn, pixel_dispersion, temporal_label_entropy,
-                                       true_class_probability_std)
+                                       max_label_entropy, pairwise_churn, pixel_dispersion, run_maps,
+                                       temporal_label_entropy, true_class_probability_std)
 
 
 def test_label_entropy_limits_and_a_mixed_case():
@@ -75,6 +77,34 @@ def test_map_stability_equals_mean_pairwise_similarity():
     torch.testing.assert_close(map_stability(same, "spearman_abs"), torch.ones(4), rtol=0, atol=1e-6)
     table = map_stability_table(maps)
     assert set(table.metric) == {"spearman_abs", "ssim", "pixel_dispersion"} and len(table) == 12
+    assert "target" not in table.columns and table["sample"].tolist()[:4] == [0, 1, 2, 3]
+    tagged = map_stability_table(maps, ["spearman_abs"], samples=[7, 3, 9, 1], target="true label")
+    assert tagged.columns[0] == "target" and set(tagged.target) == {"true label"}
+    assert tagged["sample"].tolist()[:4] == [7, 3, 9, 1]
+    torch.testing.assert_close(torch.as_tensor(tagged.value[:4].to_numpy().copy()), map_stability(maps).double())
+    with pytest.raises(ValueError, match="samples names"):
+        map_stability_table(maps, samples=[0, 1])
+
+
+def test_run_maps_top1_or_a_fixed_class():
+    models = [build_model("vgg", seed=s).eval() for s in (0, 1)]
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([4, 0, 9])
+    fixed = run_maps(models, x, ["gradient", ("cam", "gradcam", {})], labels)
+    top1 = run_maps(models, x, ["gradient"])
+    assert set(fixed) == {"gradient", "cam"} and fixed["gradient"].shape == (2, 3, 28, 28)
+    for r, model in enumerate(models):
+        by_label = attribute_many(model, x, labels, ["gradient"])["gradient"]
+        torch.testing.assert_close(fixed["gradient"][r], by_label)
+        own = attribute_many(model, x, model(x).argmax(-1), ["gradient"])["gradient"]
+        torch.testing.assert_close(top1["gradient"][r], own)
+    # one fixed class per image, the same for every run: explaining the class one model predicts
+    top_of_0 = models[0](x).argmax(-1)
+    torch.testing.assert_close(run_maps(models, x, ["gradient"], top_of_0)["gradient"][0], top1["gradient"][0])
+    with pytest.raises(ValueError, match="top1"):
+        run_maps(models, x, ["gradient"], "bottom1")
+    with pytest.raises(ValueError, match="at least two runs"):
+        run_maps(models[:1], x, ["gradient"])
 
 
 def test_pixel_dispersion_by_hand():

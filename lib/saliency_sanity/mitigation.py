@@ -1,14 +1,19 @@
 """Mitigating instability across retraining: regularisers, temporal soft-label distillation, ensembles.
 
-Datta et al. (2023), "Measuring and Mitigating Local Instability in Deep Neural Networks", Sec. 4:
-data-agnostic regularisers (label smoothing, Szegedy et al. 2016; the confidence penalty of
-Pereyra et al. 2017, Eq. 2) against their data-centric method (TGTSS), a student trained on the
-teacher's temporally averaged, temperature-scaled soft labels, optionally only for the samples
-whose predictions switch during the teacher's training; the ensemble of N models (averaged
-probabilities) is the gold standard. Every method's cost is recorded in seconds of training.
+Datta et al. (2023), "Measuring and Mitigating Local Instability in Deep Neural Networks" (cited
+from its abstract only): data-agnostic regularisers (label smoothing, Szegedy et al. 2016; the
+confidence penalty of Pereyra et al. 2017, Eq. 2) against a data-centric mitigation that uses the
+per-sample instability estimate -- here a student trained on a teacher's temporally averaged,
+temperature-scaled soft labels, either for every training image (``"distillation"``) or, localized,
+only for the images whose predictions switch during the teacher's own training
+(``"localized_distillation"``); the ensemble of N models (averaged probabilities) is the gold
+standard. Every method's cost is recorded in seconds and in epochs of training, and
+:func:`share_of_ensemble_reduction` / :func:`compare_to_ensemble` state a mitigation's effect as
+the share of the ensemble's reduction of instability that it reaches.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -23,14 +28,20 @@ if TYPE_CHECKING:  # training imports this module; the functions below import it
     from .data import ImageSet
     from .training import TrainConfig, TrainedModel
 
-MITIGATIONS = ("none", "label_smoothing", "confidence_penalty", "distillation", "ensemble")
-# Each method's options, with their defaults (our choices; Datta et al. tune them per dataset).
+MITIGATIONS = ("none", "label_smoothing", "confidence_penalty", "distillation", "localized_distillation", "ensemble")
+# The mitigations that train students of a teacher (the teacher is shared: same config, same cache).
+DISTILLATIONS = ("distillation", "localized_distillation")
+# Each method's options, with their defaults (our choices, not tuned per dataset).
 METHOD_OPTIONS = {
     "none": {},
     "label_smoothing": {"label_smoothing": 0.1},
     "confidence_penalty": {"confidence_penalty": 0.1},
     "distillation": {"distill_temperature": 2.0, "distill_weight": 0.5, "distill_only_unstable": None,
                      "distill_from_epoch": 1},
+    # localized: soft labels only where the teacher's within-run label entropy is > 0 (its prediction
+    # switched at least once over its epochs from distill_from_epoch on); hard labels elsewhere
+    "localized_distillation": {"distill_temperature": 2.0, "distill_weight": 0.5, "distill_only_unstable": 0.0,
+                               "distill_from_epoch": 1},
     "ensemble": {"ensemble_size": 3},
 }
 TEACHER_SEED = 9_999  # the default teacher is a run of its own, not one of the evaluated seeds
@@ -57,9 +68,10 @@ def distillation_targets(epoch_logits: torch.Tensor, temperature: float = 2.0, *
                          only_unstable: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Temporally averaged, temperature-scaled soft labels and the mask of samples to distil.
 
-    Datta et al. (2023), Sec. 4 (TGTSS): q(x) = mean over the teacher's epochs e >= ``from_epoch``
-    of softmax(z_e(x) / T), with z_e the teacher's training-set logits after epoch e (our reading:
-    the probabilities, not the logits, are averaged). ``epoch_logits`` [E, N, K] -> targets
+    After Datta et al. (2023), a data-centric mitigation that uses the per-sample instability
+    estimate: q(x) = mean over the teacher's epochs e >= ``from_epoch`` of softmax(z_e(x) / T), with
+    z_e the teacher's training-set logits after epoch e (our choice: the probabilities, not the
+    logits, are averaged). ``epoch_logits`` [E, N, K] -> targets
     [N, K] (float32) and mask [N] (bool): True where the temporal label entropy of the teacher's
     predictions over those epochs exceeds ``only_unstable``, everywhere when it is None.
     """
@@ -119,7 +131,7 @@ def ensemble_predictions(runs: Sequence, *, epoch: int | None = None, images: to
                          device="auto") -> torch.Tensor:
     """Probabilities [N, K] of the ensemble of ``runs``: the mean of their softmax outputs.
 
-    Datta et al. (2023)'s gold standard. ``runs``: trained runs (``TrainedModel``, their stored
+    The gold standard of Datta et al. (2023). ``runs``: trained runs (``TrainedModel``, their stored
     test-set logits after ``epoch``, or their predictions on ``images`` when given),
     :class:`MitigatedRun` (its own members), or logits tensors [N, K]. float64.
     """
@@ -152,12 +164,22 @@ class MitigatedRun:
 
 @dataclass
 class MitigationResult:
-    """The runs of one mitigation, their cost table and the teacher (distillation only)."""
+    """The runs of one mitigation, their cost table, the teacher and the distilled training images.
+
+    ``teacher`` and ``distilled`` (a bool mask over the training images: True where the student
+    learns from soft labels, False where it keeps the hard label) are set for the distillations only.
+    """
 
     method: str
     runs: list  # list[MitigatedRun]
     costs: pd.DataFrame
     teacher: "TrainedModel | None" = None
+    distilled: torch.Tensor | None = None
+
+    @property
+    def distilled_share(self) -> float:
+        """Fraction of the training images distilled: 1 for global distillation, NaN without a teacher."""
+        return float("nan") if self.distilled is None else self.distilled.double().mean().item()
 
     def test_probabilities(self, epoch: int | None = None) -> torch.Tensor:
         """Probabilities [N_runs, N_samples, K] of every run, for :mod:`saliency_sanity.stability`."""
@@ -181,7 +203,7 @@ def train_mitigated(method: str, base_config: "TrainConfig", train: "ImageSet", 
                     progress: bool = True, root: Path | None = None, **options) -> MitigationResult:
     """Train one run per seed with mitigation ``method`` and record what it cost.
 
-    Datta et al. (2023), Sec. 4. ``method`` (:data:`MITIGATIONS`) and its ``options``
+    After Datta et al. (2023). ``method`` (:data:`MITIGATIONS`) and its ``options``
     (:data:`METHOD_OPTIONS`, defaults there):
 
     - ``"none"``: ``base_config`` with each seed (the baseline);
@@ -190,7 +212,14 @@ def train_mitigated(method: str, base_config: "TrainConfig", train: "ImageSet", 
     - ``"distillation"``: one teacher (``base_config`` with ``teacher_seed``, recording its
       training-set logits per epoch), then a student per seed on its soft labels; options
       ``distill_temperature``, ``distill_weight``, ``distill_only_unstable``, ``distill_from_epoch``
-      (see :class:`~saliency_sanity.training.TrainConfig`);
+      (see :class:`~saliency_sanity.training.TrainConfig`); every training image gets soft labels;
+    - ``"localized_distillation"``: the localized, data-specific variant, a data-centric mitigation
+      that uses the per-sample instability estimate (Datta et al. 2023): the same teacher (the same
+      config, so one cached teacher serves both distillations), but soft labels only for the training
+      images whose within-run label entropy over the teacher's epochs ``distill_from_epoch``..E
+      exceeds ``distill_only_unstable`` (default 0: the teacher's prediction switched at least once);
+      the others keep their hard labels. Flagging needs several epochs: with E - from_epoch + 1 < 5
+      the estimate is coarse;
     - ``"ensemble"``: per seed s, ``ensemble_size`` models with seeds s + j * 10,000 (member 0 is
       the baseline model of seed s, reused from the cache), probabilities averaged.
 
@@ -200,10 +229,12 @@ def train_mitigated(method: str, base_config: "TrainConfig", train: "ImageSet", 
     Returns a :class:`MitigationResult`; its ``costs`` table has one row per run: ``method``,
     ``seed``, ``train_seconds`` (the run's own training, all members of an ensemble),
     ``teacher_seconds`` (the whole teacher, on every distillation row; 0 otherwise) and
-    ``seconds`` = their sum, the cost of one such predictor from scratch. Seconds are those
-    measured when a model was trained, also when it is later loaded from the cache.
+    ``seconds`` = their sum, the cost of one such predictor from scratch, and the same in epochs of
+    training (``train_epochs``, ``teacher_epochs``, ``epochs``: machine-independent). Seconds are
+    those measured when a model was trained, also when it is later loaded from the cache. For the
+    distillations, ``distilled`` is the mask of training images that get soft labels.
     """
-    from .training import train_model
+    from .training import student_targets, train_model
 
     opts = _method_options(method, options)
     seeds = [int(s) for s in seeds]
@@ -213,7 +244,7 @@ def train_mitigated(method: str, base_config: "TrainConfig", train: "ImageSet", 
     if base.n_train is not None and base.subset_seed is None:
         base = replace(base, subset_seed=base.seed)
     common = dict(device=device, cache=cache, progress=progress, root=root)
-    teacher = None
+    teacher = distilled = None
     members: dict[int, list] = {}
     if method == "ensemble":
         size = opts["ensemble_size"]
@@ -226,12 +257,13 @@ def train_mitigated(method: str, base_config: "TrainConfig", train: "ImageSet", 
                              f"use seeds that differ by less than {ENSEMBLE_SEED_STRIDE}")
         for s, ms in member_seeds.items():
             members[s] = [train_model(replace(base, seed=m), train, test, **common) for m in ms]
-    elif method == "distillation":
+    elif method in DISTILLATIONS:
         teacher_config = replace(base, seed=teacher_seed, record_train_logits=True)
         teacher = train_model(teacher_config, train, test, **common)
         for s in seeds:
             student = replace(base, seed=s, distill_teacher=teacher_config, **opts)
             members[s] = [train_model(student, train, test, teacher=teacher, **common)]
+        distilled = student_targets(student, teacher, members[seeds[-1]][0].fingerprint)[1].cpu()
     else:
         for s in seeds:
             members[s] = [train_model(replace(base, seed=s, **opts), train, test, **common)]
@@ -240,4 +272,52 @@ def train_mitigated(method: str, base_config: "TrainConfig", train: "ImageSet", 
     costs = pd.DataFrame({"method": method, "seed": [r.seed for r in runs],
                           "train_seconds": [r.seconds for r in runs], "teacher_seconds": teacher_seconds})
     costs["seconds"] = costs["train_seconds"] + costs["teacher_seconds"]
-    return MitigationResult(method, runs, costs, teacher)
+    costs["train_epochs"] = [sum(m.config.epochs for m in r.members) for r in runs]
+    costs["teacher_epochs"] = teacher.config.epochs if teacher is not None else 0
+    costs["epochs"] = costs["train_epochs"] + costs["teacher_epochs"]
+    return MitigationResult(method, runs, costs, teacher, distilled)
+
+
+# ----------------------------------------------------------------------------- against the gold standard
+
+def share_of_ensemble_reduction(none: float, mitigated: float, ensemble: float) -> float:
+    """The share of the ensemble's reduction of instability that a mitigation reaches.
+
+    (none - mitigated) / (none - ensemble), with the instability (e.g. the fraction of test images
+    whose label the retrained predictors do not all agree on) without mitigation, with the
+    mitigation and with the ensemble, the gold standard of Datta et al. (2023), whose abstract
+    states their mitigation's effect this way ("within 90% of the gold standard"). 1: as good as the
+    ensemble; 0: no better than no mitigation; negative: worse; above 1: better than the ensemble.
+    NaN when the ensemble reduces nothing (none <= ensemble), as the share is then undefined.
+    """
+    values = (none, mitigated, ensemble)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise ValueError(f"none, mitigated and ensemble must be finite numbers, got {values}")
+    gain = none - ensemble
+    return float("nan") if gain <= 0 else (none - mitigated) / gain
+
+
+def compare_to_ensemble(frame: pd.DataFrame, *, value: str = "unstable", costs: Sequence[str] = ("seconds",),
+                        method: str = "mitigation", baseline: str = "none", ensemble: str = "ensemble") -> pd.DataFrame:
+    """Each mitigation against the ensemble: a copy of ``frame`` with the share and relative costs added.
+
+    ``frame`` has one row per mitigation (named in column ``method``), its instability ``value``
+    (lower is better) and its ``costs`` per predictor (columns, e.g. seconds or epochs of training).
+    Adds ``share_of_ensemble_reduction`` (:func:`share_of_ensemble_reduction` against the rows
+    ``baseline`` and ``ensemble``) and, per cost column c, ``c_vs_ensemble`` = c / c of the ensemble.
+    """
+    missing = {method, value, *costs} - set(frame.columns)
+    if missing:
+        raise ValueError(f"frame lacks column(s) {sorted(missing)}; it has {list(frame.columns)}")
+    names = frame[method].tolist()
+    for name in (baseline, ensemble):
+        if names.count(name) != 1:
+            raise ValueError(f"frame must have exactly one row {method} == {name!r}, got {names.count(name)}")
+    row = {name: frame.iloc[names.index(name)] for name in (baseline, ensemble)}
+    out = frame.copy()
+    out["share_of_ensemble_reduction"] = [
+        share_of_ensemble_reduction(float(row[baseline][value]), float(v), float(row[ensemble][value]))
+        for v in frame[value]]
+    for c in costs:
+        out[f"{c}_vs_ensemble"] = frame[c].astype(float) / float(row[ensemble][c])
+    return out

@@ -1,11 +1,13 @@
 """Local instability across retraining: label entropy, churn, probability spread, map stability.
 
-Datta et al. (2023), "Measuring and Mitigating Local Instability in Deep Neural Networks", Sec. 3:
+After Datta et al. (2023), "Measuring and Mitigating Local Instability in Deep Neural Networks":
 the per-sample label entropy LE(x) = -sum_c p_c log p_c, p_c the fraction of N retraining runs
 predicting class c (natural log), the same across the epochs of one run (temporal label
 entropy), and churn, the fraction of samples on which two runs disagree. Carried to saliency
 maps: the mean pairwise similarity of one image's maps across runs (cf. Arun et al. 2021,
-"repeatability") and the pixel-wise spread of the normalised maps.
+"repeatability") and the pixel-wise spread of the normalised maps, with every run's model
+explaining its own top-1 class or one fixed class per image, e.g. the true label
+(:func:`run_maps`), so that on unstable images the maps of different classes are not compared.
 
 Prediction metrics take tensors or arrays and return the same kind (torch in, torch out on the
 same device; anything else in, numpy out), float64. Map metrics take and return tensors.
@@ -66,7 +68,7 @@ def _entropy_of_votes(p: torch.Tensor) -> torch.Tensor:
 def label_entropy(predictions):
     """Per-sample label entropy across retraining runs: predictions [N_runs, N_samples] -> [N_samples].
 
-    Datta et al. (2023), Sec. 3.1: LE(x) = -sum_c p_c log p_c with p_c the fraction of runs that
+    Datta et al. (2023): LE(x) = -sum_c p_c log p_c with p_c the fraction of runs that
     predict class c for x (natural log). 0 when all runs agree, log N_runs when all differ.
     """
     p, as_torch = _predictions(predictions, "predictions")
@@ -76,7 +78,7 @@ def label_entropy(predictions):
 def temporal_label_entropy(per_epoch_predictions, from_epoch: int = 1):
     """Label entropy across the epochs of ONE run: predictions [N_epochs, N_samples] -> [N_samples].
 
-    Datta et al. (2023), Sec. 3.1, the within-run estimate: the formula of :func:`label_entropy`
+    The within-run estimate of Datta et al. (2023): the formula of :func:`label_entropy`
     over the checkpoints of one training run, using epochs ``from_epoch``..N_epochs (1-based), so
     that the first, still-random epochs can be skipped.
     """
@@ -90,7 +92,7 @@ def temporal_label_entropy(per_epoch_predictions, from_epoch: int = 1):
 def churn(pred_a, pred_b) -> float:
     """Fraction of samples on which two runs predict different classes (symmetric, in [0, 1]).
 
-    Datta et al. (2023), Sec. 3 (prediction churn, after Milani Fard et al. 2016).
+    Prediction churn (Milani Fard et al. 2016), as used by Datta et al. (2023).
     """
     a, _ = _as_tensor(pred_a, "pred_a")
     b, _ = _as_tensor(pred_b, "pred_b")
@@ -202,19 +204,59 @@ def pixel_dispersion(maps: torch.Tensor) -> torch.Tensor:
 
 
 def map_stability_table(maps: torch.Tensor, metrics: Sequence[str] = ("spearman_abs", "ssim"), *,
-                        normalize: str = "default", **options) -> pd.DataFrame:
+                        normalize: str = "default", samples=None, target: str | None = None,
+                        **options) -> pd.DataFrame:
     """Tidy table of map stability: one row per image x metric (sample, metric, value).
 
     Every metric of :func:`map_stability` plus ``"pixel_dispersion"``; joins :func:`instability_table`
-    on ``sample``.
+    on ``sample`` (``samples``: the images' indices there, default 0..N_images-1). With ``target``
+    (e.g. ``"top1"`` or ``"true label"``: which class the maps explain, see :func:`run_maps`), a
+    column ``target`` holds it, so that tables of both targets can be stacked and compared.
     """
     maps = _map_runs(maps)
-    rows = [pd.DataFrame({"sample": np.arange(maps.shape[1]), "metric": m,
+    index = np.arange(maps.shape[1]) if samples is None else np.asarray(samples).reshape(-1)
+    if len(index) != maps.shape[1]:
+        raise ValueError(f"samples names {len(index)} images but maps has {maps.shape[1]}")
+    rows = [pd.DataFrame({"sample": index, "metric": m,
                           "value": map_stability(maps, m, normalize=normalize, **options).double().cpu().numpy()})
             for m in metrics]
-    rows.append(pd.DataFrame({"sample": np.arange(maps.shape[1]), "metric": "pixel_dispersion",
+    rows.append(pd.DataFrame({"sample": index, "metric": "pixel_dispersion",
                               "value": pixel_dispersion(maps).double().cpu().numpy()}))
-    return pd.concat(rows, ignore_index=True)
+    table = pd.concat(rows, ignore_index=True)
+    if target is not None:
+        table.insert(0, "target", target)
+    return table
+
+
+def run_maps(runs: Sequence, x: torch.Tensor, methods, target="top1", *, device=None) -> dict[str, torch.Tensor]:
+    """The maps of the same images by every run's model: ``{label: maps [N_runs, N_images, H, W]}``.
+
+    ``runs``: trained runs (anything with a ``model``: ``TrainedModel``, ``MitigatedRun``) or
+    modules; ``methods``: as for :func:`saliency_sanity.methods.many.attribute_many` (names or
+    ``(label, name, options)``). ``target``: ``"top1"`` (default), every model explaining its own
+    top-1 class, which differs between runs exactly on the images whose prediction is unstable; or
+    a fixed class per image (an int or a LongTensor [N_images], e.g. the true labels), the same for
+    every run, so that :func:`map_stability` compares maps of one class. ``device``: where the
+    models and images are put (default: the images' device).
+    """
+    from .methods.many import attribute_many  # methods import heavy deps: load on use
+
+    runs = list(runs)
+    if len(runs) < 2:
+        raise ValueError(f"run_maps needs at least two runs to compare, got {len(runs)}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be images [N_images, C, H, W], got {getattr(x, 'shape', type(x).__name__)}")
+    if isinstance(target, str) and target != "top1":
+        raise ValueError(f"target must be 'top1' or fixed class indices (int or LongTensor[N_images]), got {target!r}")
+    device = x.device if device is None else torch.device(device)
+    x = x.to(device)
+    per_run = []
+    for run in runs:
+        model = run if isinstance(run, torch.nn.Module) else getattr(run, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"runs must be modules or runs with a .model, got {type(run).__name__}")
+        per_run.append(attribute_many(model.to(device).eval(), x, target, methods))
+    return {label: torch.stack([r[label] for r in per_run]) for label in per_run[0] if label != "target"}
 
 
 # ----------------------------------------------------------------------------- from trained runs
@@ -233,7 +275,7 @@ def instability_table(probabilities, labels, *, classes: Sequence[str] | None = 
                       per_epoch_predictions=None, from_epoch: int = 1, ddof: int = 0) -> pd.DataFrame:
     """Per-sample prediction instability as one tidy DataFrame (one row per sample).
 
-    Datta et al. (2023), Sec. 3. ``probabilities`` [N_runs, N_samples, K] of N retraining runs;
+    After Datta et al. (2023). ``probabilities`` [N_runs, N_samples, K] of N retraining runs;
     ``per_epoch_predictions`` [N_epochs, N_samples] of one run or [N_runs, N_epochs, N_samples] of
     each (optional). Columns: ``sample``, ``label``, ``class_name``, ``label_entropy`` (across runs),
     ``temporal_label_entropy`` (within a run, from ``from_epoch``; with several runs the mean of
