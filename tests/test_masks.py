@@ -131,3 +131,37 @@ def test_bad_parameters():
         sound_masks(model, x, torch.tensor([[0.0], [1.0]]), progress=False)
     with pytest.raises(ValueError, match="out of range"):
         sound_masks(model, x, torch.tensor([[0], [10]]), steps=1, progress=False)
+
+
+def test_random_image_fill_trains_against_the_training_pool():
+    # Gupta et al. fill the masked pixels with random training images during optimisation. The
+    # pool decides the mask: with dark fills the label-0 mask must keep quadrant 0 (its evidence);
+    # with fills bright in quadrant 0 the fill itself proves label 0, so the mask drops the image.
+    model = RegionScore()
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.5
+    labels = torch.tensor([[0], [0]])
+    dark = torch.zeros(5, 1, 16, 16)
+    bright = torch.zeros(5, 1, 16, 16)
+    bright[..., :8, :8] = 1.0
+    kwargs = dict(steps=150, upsample=2, lambda_tv=0.001, n_fill=3, progress=False)
+    on_dark = sound_masks(model, x, labels, fill_images=dark, **kwargs)
+    on_bright = sound_masks(model, x, labels, fill_images=bright, **kwargs)
+    q0 = torch.zeros(16, 16, dtype=torch.bool)
+    q0[:8, :8] = True
+    assert (on_dark[:, 0][:, q0].mean(1) > 0.8).all()
+    assert (on_bright[:, 0].flatten(1).mean(1) < 0.2).all()
+
+
+def test_random_image_fill_uses_the_pool_it_is_given():
+    model, x = tiny_vgg(), images()
+    labels = torch.tensor([[0, 3], [1, 2]])
+    kwargs = dict(steps=5, n_fill=3, seed=4, progress=False)
+    pool_a, pool_b = images(6, seed=3), images(6, seed=7)
+    a = sound_masks(model, x, labels, fill_images=pool_a, **kwargs)
+    assert torch.equal(a, sound_masks(model, x, labels, fill_images=pool_a.clone(), fill="random_images", **kwargs))
+    assert not torch.allclose(a, sound_masks(model, x, labels, fill_images=pool_b, **kwargs))
+    # a pool of copies of one image is that image as a fixed fill: n_fill equal probabilities average to it
+    one = images(1, seed=9)
+    copies = sound_masks(model, x, labels, fill_images=one.expand(4, -1, -1, -1), **kwargs)
+    fixed = sound_masks(model, x, labels, fill=one[0], **kwargs)
+    torch.testing.assert_close(copies, fixed, atol=1e-5, rtol=0)

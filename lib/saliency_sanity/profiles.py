@@ -16,12 +16,27 @@ class Profile:
     n_images: int  # test images explained per check
     ig_steps: int
     smoothgrad_samples: int
-    permuted_n_train: int = 2_000  # data randomization test: images memorised with permuted labels
-    permuted_epochs: int = 40  # enough for > 95 % training accuracy on 2,000 images (measured: 98 %)
-    soundness_images: int = 20  # test images whose maps are made for all 10 labels (completeness/soundness)
-    mask_steps: int = 300  # Adam steps of the sound-mask method
+    # data randomization test: images memorised with permuted labels; a true-label model is trained on the
+    # same images with the same config (saliency_sanity.data_randomization.matched_configs)
+    permuted_n_train: int = 2_000
+    # enough for > 95 % training accuracy on 2,000 images (measured on the CPU with the final weights:
+    # 99.9 % of the permuted labels, 100 % of the true ones); smoke's 8 epochs on 256 images are not
+    permuted_epochs: int = 40
+    # test images whose maps are made for all 10 labels (completeness/soundness). Training the masks against
+    # random training images costs ~12x the mean fill per step (measured: 6.4 s vs 0.5 s per step for
+    # 1,000 masks on 2 CPU cores), so 100 images (~77 min for notebook 05) are left to the full profile
+    soundness_images: int = 20
+    # Adam steps of the sound-mask method, chosen from its loss curve: on 3 test images x 10 labels (smoke
+    # models, 10 random training images per step, 2,000 steps), the 100-step mean of the mean loss changes
+    # by 3.2 %, 1.7 %, then 0.2 % from one block of 100 steps to the next; after step 400 it drifts by
+    # 1 % in all over the remaining 1,600 steps, within the noise of the random fills (step-to-step SD 6 %).
+    mask_steps: int = 400
+    mask_n_fill: int = 10  # random training images per mask and step filling the masked pixels (Gupta et al.: 10)
+    soundness_ablation_images: int = 10  # of the soundness images, those the mask's TV x upsampling ablation uses
     stability_n_train: int | None = 6_000  # instability chapter: training images of every retraining run
-    stability_epochs: int = 3  # ... and its epochs (short runs: the chapter trains ~26 models)
+    # ... and its epochs: >= 5, as the within-run label entropy (which flags the images that localized
+    # distillation smooths) is taken over a run's epochs (short runs: the chapter trains ~31 models)
+    stability_epochs: int = 5
     stability_images: int = 50  # test images whose maps are compared across seeds
     stability_test_images: int | None = 5_000  # test images predicted after every epoch of every run
     archs: tuple[str, ...] = ("vgg", "resnet")
@@ -39,7 +54,7 @@ PROFILES = {
     "default": Profile("default", n_train=None, epochs=4, seeds=(0, 1, 2, 3, 4), n_images=100,
                        ig_steps=32, smoothgrad_samples=16),
     "full": Profile("full", n_train=None, epochs=10, seeds=tuple(range(10)), n_images=1000,
-                    ig_steps=64, smoothgrad_samples=50, soundness_images=100,
+                    ig_steps=64, smoothgrad_samples=50, soundness_images=100, soundness_ablation_images=20,
                     stability_n_train=None, stability_epochs=10, stability_images=200,
                     stability_test_images=None),
 }
