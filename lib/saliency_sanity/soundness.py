@@ -1,7 +1,7 @@
 """Completeness and soundness of saliency maps, read off insertion curves.
 
 Gupta, Saunshi, Yu, Lyu & Arora (2022), "New definitions and evaluations for saliency methods:
-staying intrinsic, complete and sound", Sec. 4-5 and their evaluation code: keep the top-k pixels
+staying intrinsic, complete and sound" (abstract) and their evaluation code: keep the top-k pixels
 of the map made for label b, fill the rest with an uninformative value, and follow the probability
 of b over K equal steps. Completeness asks that the predicted label's map "proves" it, soundness
 that maps made for the other labels do not. Insertion and deletion AUCs (Petsiuk et al. 2018,
@@ -218,7 +218,7 @@ def _maps_and_labels(model, x, maps, labels, seed):
         if labels not in TARGET_NAMES:
             raise ValueError(f"unknown labels {labels!r}; pass class indices or one of {list(TARGET_NAMES)}")
         with preserved(model), torch.no_grad():
-            labels = resolve_targets(model(x), labels, seed)
+            labels = resolve_targets(model(x.clone()), labels, seed)  # clone: x is the caller's
     if isinstance(labels, bool):
         raise TypeError("labels must be class indices, not a bool")
     labels = torch.as_tensor(labels, device=x.device)
@@ -303,7 +303,7 @@ def deletion_curve(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, labels
 
 
 insertion_curve.__doc__ = ("Probability of each label as its most salient pixels are kept and the rest filled.\n\n"
-                           "    Gupta et al. (2022), Sec. 5 (the evaluation behind completeness/soundness); "
+                           "    Gupta et al. (2022) (the evaluation behind completeness/soundness, their code); "
                            "Petsiuk et al. (2018), insertion.\n    Step 0 is all fill, step K the image."
                            + _CURVE_DOC)
 deletion_curve.__doc__ = ("Probability of each label as its most salient pixels are filled, the rest kept.\n\n"
@@ -348,7 +348,7 @@ def class_agnostic(maps: torch.Tensor, labels: int | Sequence[int] | None = None
                    predicted: torch.Tensor | None = None) -> torch.Tensor:
     """The class-agnostic control: the predicted label's map reused for every label, [B, L, H, W].
 
-    Gupta et al. (2022), Sec. 5: a map that ignores the label can look "sound" only because it
+    After Gupta et al. (2022): a map that ignores the label can look "sound" only because it
     never proves any other label. Pass ``maps`` [B, H, W] (the predicted label's maps) and
     ``labels`` (L, or the list of labels) or ``maps`` [B, L, H, W] with ``predicted`` [B], the
     position of the predicted label along L. The result can replace ``maps_per_label``.
@@ -408,7 +408,7 @@ def completeness_soundness(model: nn.Module, x: torch.Tensor, maps_per_label: to
         raise ValueError("maps_per_label must be a tensor [B, L, H, W] holding the map made for each label; "
                          "for one map per image use insertion_curve, or class_agnostic() to reuse it")
     with preserved(model), torch.no_grad():
-        logits = model(x)
+        logits = model(x.clone())  # a first in-place layer must not write into the caller's x
     classes = logits.shape[1]
     if labels is None:
         labels = list(range(classes)) if softmax_over is None else torch.as_tensor(softmax_over).tolist()

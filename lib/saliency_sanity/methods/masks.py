@@ -1,6 +1,7 @@
 """The sound/complete mask of Gupta et al. (2022): a smooth low-resolution mask that keeps a label.
 
-Gupta, Saunshi, Yu, Lyu & Arora (2022), Sec. 6 (their simple method, after Fong & Vedaldi 2017):
+Gupta, Saunshi, Yu, Lyu & Arora (2022), their simple method as in their public code (after Fong &
+Vedaldi 2017):
 minimise CE(label; x*m + g*(1-m)) + lambda_area * sum(m) + lambda_TV * TV^2(m) over a sigmoid mask
 m of 1/``upsample`` the input's resolution, upsampled bilinearly. Soundness is what justifies the
 TV term and the upsampling: a free pixel mask can "prove" any label (ablate with ``tv=False``,
@@ -94,7 +95,7 @@ def sound_masks(model: nn.Module, x: torch.Tensor, labels_per_image, *, steps: i
                 softmax_over=None, seed: int = 0, progress: bool = True, return_losses: bool = False):
     """Optimise one mask per (image, label), all in one batch: [B, L, H, W] in [0, 1].
 
-    Gupta et al. (2022), Sec. 6: loss CE + lambda_area * area + lambda_TV * squared TV, Adam.
+    Gupta et al. (2022), as in their code: loss CE + lambda_area * area + lambda_TV * squared TV, Adam.
     ``labels_per_image`` is a LongTensor [B, L] (or [B]). Defaults and the fill are described in
     the module docstring. With ``return_losses`` also returns each mask's loss before every update,
     [steps, B, L]. The model runs in eval mode with its parameters frozen and is left as it was.
