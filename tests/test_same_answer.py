@@ -73,12 +73,16 @@ def test_every_batch_size_and_rank_count_gives_the_batch16_table(weights, ten_im
     reference = tables.pop(16)
     assert len(reference) > 0 and {"randomization", "class_sensitivity"} == set(reference.test)
     assert (reference.pair == "top1 vs random").any() and (reference.label == "smoothgrad").any()
-    for ranks in (2, 3):
-        tables[f"{ranks} ranks"] = cli([str(TORCHRUN), "--standalone", f"--nproc_per_node={ranks}", "--no-python",
-                                        sys.executable], ["--images", str(ten_images), "--weights", w,
-                                                          "--batch-size", "3"], tmp_path / f"r{ranks}.csv")
+    runs = [(2, 3), (3, 3)] + ([(2, 16)] if weights == "none" else [])  # (ranks, batch); batch 16: rank 1 idle
+    for ranks, batch in runs:
+        tables[f"{ranks} ranks, batch {batch}"] = cli(
+            [str(TORCHRUN), "--standalone", f"--nproc_per_node={ranks}", "--no-python", sys.executable],
+            ["--images", str(ten_images), "--weights", w, "--batch-size", str(batch)],
+            tmp_path / f"r{ranks}b{batch}.csv")
     for name, table in tables.items():
         pd.testing.assert_frame_equal(table, reference, **CLOSE, obj=f"{weights}, {name}")
+    # ranks compute the very batches of one process: 2 and 3 ranks agree bit for bit
+    pd.testing.assert_frame_equal(tables["2 ranks, batch 3"], tables["3 ranks, batch 3"], check_exact=True)
 
 
 def test_two_runs_with_random_init_write_identical_csvs(ten_images, tmp_path):

@@ -117,3 +117,13 @@ def test_pixel_dispersion_by_hand():
     assert pixel_dispersion(torch.stack([a, a])).item() == 0.0
     with pytest.raises(ValueError, match="N_runs >= 2"):
         pixel_dispersion(a.unsqueeze(0))
+
+
+def test_run_maps_leaves_the_callers_models_as_they_were():
+    """Models in train mode stay in train mode with their weights: run_maps evaluates, never sets."""
+    models = [build_model("vgg", seed=s).train() for s in (0, 1)]
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
+    run_maps(models, torch.rand(2, 1, 28, 28), ["gradient"], torch.tensor([1, 2]))
+    for model, state in zip(models, before):
+        assert all(m.training for m in model.modules())
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -20,7 +20,7 @@ from .methods import METHODS
 from .similarity import SIMILARITY_METRICS
 
 TESTS = ("randomization", "class_sensitivity")
-LAYERED = ("gradcam", "gradcam_pp")  # methods that read one layer
+LAYERED = ("gradcam", "gradcam_pp", "guided_gradcam")  # methods that read one layer
 
 
 def _split(value: str | Sequence[str], name: str, choices: Sequence[str]) -> list[str]:

@@ -225,7 +225,8 @@ def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, 
     never by the batch: the "random" class and SmoothGrad's noise are the same for an image at every
     stage (so a change measures the model, not the draw), and each layer's re-initialisation is
     keyed by ``seed`` and the layer's name. The table is the same for any ``batch_size``, and its
-    rows come in one canonical order (:func:`canonical_order`).
+    rows come in one canonical order (:func:`canonical_order`). ``sound_mask`` draws its fills per
+    batch and is therefore refused here (run it through :func:`saliency_sanity.attribute`).
     """
     check_model(model)
     check_images(x)

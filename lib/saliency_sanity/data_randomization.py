@@ -28,9 +28,10 @@ def matched_configs(profile, arch: str = "vgg") -> dict[str, TrainConfig]:
     """``{"true": ..., "permuted": ...}``: the configs of a matched pair for ``profile``.
 
     The permuted one is the model of the data randomization test (``permuted_n_train`` images,
-    ``permuted_epochs`` epochs, batch size 64, the profile's first seed; the same config, hence the
-    same cache folder, as :meth:`saliency_sanity.chapter.Chapter.random_label_run`); the true-label
-    one is the same config with ``permute_labels=False``.
+    ``permuted_epochs`` epochs, batch size 64, the profile's first seed; the same training config as
+    :meth:`saliency_sanity.chapter.Chapter.random_label_run`, though cached apart from it because
+    :func:`train_matched_pair` predicts a test subset); the true-label one is the same config with
+    ``permute_labels=False``.
     """
     permuted = TrainConfig(arch=arch, seed=profile.seeds[0], epochs=profile.permuted_epochs,
                            n_train=profile.permuted_n_train, batch_size=64, permute_labels=True)

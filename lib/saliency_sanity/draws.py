@@ -80,5 +80,6 @@ def seeded_init(seed: int):
     """Seed torch's global CPU generator from ``seed`` for a model constructor's random
     initialisation; the generator's previous state is restored on exit."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(keyed_seed(seed, "model initialisation"))
+        # CPU only: torch.manual_seed would also reseed (and leave changed) every CUDA generator
+        torch.random.default_generator.manual_seed(keyed_seed(seed, "model initialisation"))
         yield

@@ -237,7 +237,7 @@ def run_maps(runs: Sequence, x: torch.Tensor, methods, target="top1", *, device=
     top-1 class, which differs between runs exactly on the images whose prediction is unstable; or
     a fixed class per image (an int or a LongTensor [N_images], e.g. the true labels), the same for
     every run, so that :func:`map_stability` compares maps of one class. ``device``: where the
-    models and images are put (default: the images' device).
+    maps are returned (default: the images'); each model is evaluated where it is and left as it was.
     """
     from .methods.many import attribute_many  # methods import heavy deps: load on use
 
@@ -255,7 +255,11 @@ def run_maps(runs: Sequence, x: torch.Tensor, methods, target="top1", *, device=
         model = run if isinstance(run, torch.nn.Module) else getattr(run, "model", None)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"runs must be modules or runs with a .model, got {type(run).__name__}")
-        per_run.append(attribute_many(model.to(device).eval(), x, target, methods))
+        # the caller's model stays where and as it is (attribute_many evaluates it in eval mode and restores it)
+        on = next(model.parameters()).device
+        maps = attribute_many(model, x.to(on), target if isinstance(target, str) else torch.as_tensor(target).to(on),
+                              methods)
+        per_run.append({label: m.to(device) for label, m in maps.items()})
     return {label: torch.stack([r[label] for r in per_run]) for label in per_run[0] if label != "target"}
 
 
