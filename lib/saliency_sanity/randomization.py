@@ -20,8 +20,8 @@ Choices this module makes (all are options; the defaults are stated, not claimed
   The tracing pass is an ordinary forward pass (eval mode, no gradients): hooks the caller has
   registered see it.
 - **Draws**: every layer has its own CPU ``torch.Generator`` seeded from ``(seed, layer name)``
-  through SHA-256, so a layer gets the same weights whatever the mode, order, dtype or device,
-  and reruns are identical. Draws are made in float32 on the CPU, then copied to the parameter's
+  through :func:`saliency_sanity.draws.keyed_seed`, so a layer gets the same weights whatever the
+  mode, order, dtype or device, and reruns are identical. Draws are made in float32 on the CPU, then copied to the parameter's
   device and dtype.
 - **init**: ``"truncated_normal"`` (N(0, std²) truncated at ±2 std, as TensorFlow's
   ``truncated_normal`` used by Adebayo et al.; its empirical std is 0.88 std), ``"normal"``
@@ -53,7 +53,6 @@ The model object is changed in place, so references and hooks held by the caller
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import numbers
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ import torch
 from torch import nn
 
 from ._validation import check_choice, check_model
+from .draws import keyed_seed
 from .guard import preserved
 
 __all__ = ["Stage", "Stages", "randomized", "randomization_stages", "randomize_layer", "layer_generator",
@@ -314,10 +314,10 @@ def randomization_stages(model: nn.Module, *, unit: str = "layer", order: str = 
 
 
 def layer_generator(seed: int, name: str) -> torch.Generator:
-    """A CPU generator seeded from (seed, layer name) by SHA-256, not Python's salted ``hash``, so a
-    layer gets the same draw whatever the mode, order or process."""
-    digest = hashlib.sha256(f"{int(seed)}:{name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    """A CPU generator keyed by (seed, "layer", layer name) (:func:`saliency_sanity.draws.keyed_seed`,
+    not Python's salted ``hash``), so a layer gets the same draw whatever the mode, order, batch or
+    process."""
+    return torch.Generator().manual_seed(keyed_seed(int(seed), "layer", name))
 
 
 def _check_options(init, std, bias: str, batchnorm: str) -> None:
