@@ -14,7 +14,8 @@ import pandas as pd
 
 from . import distributed
 from .byom import default_layer, load_model
-from .checks import CLASS_PAIRS, canonical_order, class_sensitivity, randomization_test, similarity_means
+from .checks import (CLASS_PAIRS, canonical_order, class_sensitivity, pair_name, randomization_test,
+                     similarity_means)
 from .folder import load_image_folder
 from .methods import METHODS
 from .similarity import SIMILARITY_METRICS
@@ -75,7 +76,7 @@ def run_check(model: str, images: str | Path, *, weights: str = "none", methods=
         return None
     # one order whatever the batch size and rank count (ranks return their rows one after another)
     frame = canonical_order(frame, test=list(TESTS), label=methods, metric=metrics,
-                            pair=[f"{a} vs {b}" for a, b in CLASS_PAIRS])
+                            pair=[pair_name(a, b) for a, b in CLASS_PAIRS])
     frame["file"] = [data.paths[i] for i in frame["image"]]
     frame["model"] = loaded.name
     return frame

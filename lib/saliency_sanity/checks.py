@@ -305,7 +305,7 @@ def class_sensitivity(model: nn.Module, x: torch.Tensor, methods: Iterable, *,
                desc="class sensitivity")
     cache: dict = {}
     for a, b in pairs:
-        pair = f"{_target_name(a)} vs {_target_name(b)}"
+        pair = pair_name(a, b)
         for start in range(0, len(x), batch_size):
             xb = x[start:start + batch_size].to(device)
             out = []
@@ -328,11 +328,16 @@ def class_sensitivity(model: nn.Module, x: torch.Tensor, methods: Iterable, *,
             bar.update(1)
     bar.close()
     return canonical_order(pd.concat(parts, ignore_index=True), label=list(label_to_method), metric=metrics,
-                           pair=[f"{_target_name(a)} vs {_target_name(b)}" for a, b in pairs])
+                           pair=[pair_name(a, b) for a, b in pairs])
 
 
 def _target_name(t) -> str:
     return t if isinstance(t, str) else "given"
+
+
+def pair_name(a, b) -> str:
+    """The ``pair`` column's value for the targets ``a`` and ``b``, e.g. ``"top1 vs bottom1"``."""
+    return f"{_target_name(a)} vs {_target_name(b)}"
 
 
 def positive_handling_summary(randomization: pd.DataFrame, sensitivity: pd.DataFrame, *,

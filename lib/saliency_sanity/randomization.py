@@ -21,8 +21,8 @@ Choices this module makes (all are options; the defaults are stated, not claimed
   registered see it.
 - **Draws**: every layer has its own CPU ``torch.Generator`` seeded from ``(seed, layer name)``
   through :func:`saliency_sanity.draws.keyed_seed`, so a layer gets the same weights whatever the
-  mode, order, dtype or device, and reruns are identical. Draws are made in float32 on the CPU, then copied to the parameter's
-  device and dtype.
+  mode, order, dtype or device, and reruns are identical. Draws are made in float32 on the CPU,
+  then copied to the parameter's device and dtype.
 - **init**: ``"truncated_normal"`` (N(0, std²) truncated at ±2 std, as TensorFlow's
   ``truncated_normal`` used by Adebayo et al.; its empirical std is 0.88 std), ``"normal"``
   (N(0, std²)), ``"uniform"`` (U(-√3 std, √3 std), the same variance as the normal), ``"default"``

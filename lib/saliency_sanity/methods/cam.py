@@ -67,12 +67,14 @@ def _layer_tensors(record: PassRecord, layer: str) -> tuple[torch.Tensor, torch.
     return a, g
 
 
-def gradcam_from(record: PassRecord, layer: str, aggregation: str = "signed", relu: bool = True) -> torch.Tensor:
-    """ReLU(sum_k alpha_k A_k) with alpha_k = spatial mean of handle(dy_c/dA_k) (Selvaraju et al. Eq. 1-2)."""
+def gradcam_from(record: PassRecord, layer: str, aggregation: str = "signed", relu: bool = True,
+                 mode: str = "bilinear") -> torch.Tensor:
+    """ReLU(sum_k alpha_k A_k) with alpha_k = spatial mean of handle(dy_c/dA_k) (Selvaraju et al. Eq. 1-2),
+    resized to the input with ``mode`` (see :func:`_interpolate`)."""
     a, g = _layer_tensors(record, layer)
     weights = handle(g, aggregation).mean(dim=(2, 3), keepdim=True)
     cam = (weights * a).sum(1)
-    return upsample(cam.clamp(min=0) if relu else cam, record.x.shape[-2:])
+    return _interpolate(cam.clamp(min=0) if relu else cam, record.x.shape[-2:], mode)
 
 
 def gradcam_pp_from(record: PassRecord, layer: str, aggregation: str = "positive", relu: bool = True) -> torch.Tensor:
@@ -229,7 +231,5 @@ def guided_gradcam(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, 
         raise ValueError(f"unknown interpolate_mode {interpolate_mode!r}; choose one of {list(INTERPOLATE_MODES)}")
     name = _check_cam_layer(model, layer)
     record = run_pass(model, x, target, seed=seed, layers=[name], input_grad=False)
-    a, g = _layer_tensors(record, name)
-    cam = (g.mean(dim=(2, 3), keepdim=True) * a).sum(1).clamp(min=0)
-    guided = guided_backprop(model, x, record.target, seed=seed)
-    return guided * _interpolate(cam, x.shape[-2:], interpolate_mode).unsqueeze(1)
+    cam = gradcam_from(record, name, "signed", True, interpolate_mode)
+    return guided_backprop(model, x, record.target, seed=seed) * cam.unsqueeze(1)

@@ -5,7 +5,8 @@ Khakzar et al. (2020) call Guided Backprop, RectGrad and LRP-alpha1beta0 / z+ *p
 propagation*: only positive evidence flows back. Deconvnet, LRP-epsilon and LRP-alpha2beta1
 propagate signed evidence (the composite's gamma rule favours positive contributions but keeps
 negative ones). Guided Grad-CAM (Guided Backprop x Grad-CAM) lives in ``cam.py``. Each method is a
-composite (module -> rule of ``rules.py``) applied in one forward and one backward pass; the target is read off that forward pass's logits.
+composite (module -> rule of ``rules.py``) applied in one forward and one backward pass; the target
+is read off that forward pass's logits.
 
 LRP composite (as Zennit's ``LayerMapComposite`` with its canonizers):
 - Conv2d / Linear get the method's rule; relevance starts as the target logit's value, so the map

@@ -84,10 +84,10 @@ def rules_attached(assignments: dict[nn.Module, Rule], tracer: Tracer | None = N
             h.remove()
 
 
-def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+def stabilize(z: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
     """z + epsilon * sign(z) with sign(0) = +1 (Zennit's convention): the denominator keeps its sign
     and is never zero."""
-    if epsilon == 0:
+    if isinstance(epsilon, (int, float)) and epsilon == 0:
         # LRP-0: a zero output only ever carries zero relevance (its unit is inactive); 1 avoids 0/0
         return z + (z == 0).to(z)
     return z + epsilon * (z.sign() + (z == 0).to(z))
@@ -182,9 +182,7 @@ def lrp_epsilon(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | No
     def rule(grad, x):
         def denominators(outs):
             z = outs[0]
-            if not relative:
-                return [stabilize(z, epsilon)]
-            return [z + relative_epsilon(z, epsilon) * (z.sign() + (z == 0).to(z))]
+            return [stabilize(z, relative_epsilon(z, epsilon) if relative else epsilon)]
 
         (r,) = _contributions(grad, [(x, weight, bias, module)], denominators)
         return (r,)
@@ -195,9 +193,9 @@ def lrp_epsilon(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | No
 def lrp_gamma(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, gamma: float,
               epsilon: float = 1e-6) -> Rule:
     """LRP-gamma (Montavon et al. 2019, "Layer-Wise Relevance Propagation: An Overview", Sec. 10.2.1),
-    generalised to signed inputs as Zennit's ``Gamma``: an output z_j > 0 is explained by its positive contributions with the
-    positive weights (and bias) favoured, z_j^{+gamma} = x+ (w + gamma w+) + x- (w + gamma w-) +
-    (b + gamma b+); an output z_j < 0 by z_j^{-gamma} = x+ (w + gamma w-) + x- (w + gamma w+) +
+    generalised to signed inputs as Zennit's ``Gamma``: an output z_j > 0 is explained by its
+    positive contributions with the positive weights (and bias) favoured,
+    z_j^{+gamma} = x+ (w + gamma w+) + x- (w + gamma w-) + (b + gamma b+); an output z_j < 0 by z_j^{-gamma} = x+ (w + gamma w-) + x- (w + gamma w+) +
     (b + gamma b-); R_i = sum_j [z_j > 0] x_i d z_j^{+gamma} / dx_i / z_j^{+gamma} R_j + (same for
     z_j < 0); units with z_j = 0 pass nothing. gamma = 0 is LRP-0 (up to the stabiliser), large
     gamma approaches z+ (alpha1-beta0). The x- terms are skipped when the input has no negative
