@@ -85,7 +85,9 @@ def run_check(model: str, images: str | Path, *, weights: str = "none", methods=
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean similarity per test, method and metric over the defined pairs (randomization: at the
     last stage; class sensitivity: per class pair), with the count of undefined pairs when there are
-    any. High values are failures of the check."""
+    any. High values are failures of the check. A table with the null (:mod:`saliency_sanity.nulls`)
+    also gets each metric's mean ``excess`` over the null in a column ``"<metric> excess"`` right after
+    the metric's: about 0 where the maps share no more than the input's background."""
     parts = []
     if "randomization" in set(frame.test):
         rand = frame[frame.test == "randomization"]
@@ -98,6 +100,10 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     index = ["test", "condition", "label"]
     means = similarity_means(both, [*index, "metric"])
     table = means.pivot(index=index, columns="metric", values="mean")
+    if "excess" in means:
+        excess = means.pivot(index=index, columns="metric", values="excess")
+        table = pd.DataFrame({name: column for metric in table.columns
+                              for name, column in ((metric, table[metric]), (f"{metric} excess", excess[metric]))})
     undefined = means.groupby(index).undefined.sum()
     if undefined.any():  # pairs with a constant map: no similarity, left out of the means
         table["undefined pairs"] = undefined

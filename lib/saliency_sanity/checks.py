@@ -3,7 +3,10 @@
 Randomization test: Adebayo et al. (2018), Sec. 3-4 (cascading / independent re-initialisation,
 maps compared to the original model's by Spearman (abs, signed), SSIM and HOG). Class sensitivity:
 Khakzar et al. (2020) (top-1 vs least likely class) and the random-logit test of Sixt et
-al. (2020). Every row is one image x method x stage (or class pair) x metric.
+al. (2020). Every row is one image x method x stage (or class pair) x metric, with the similarity
+``value``, its support-preserving ``null`` (:mod:`saliency_sanity.nulls`: the same metric after
+the compared map's values are shuffled among the input's foreground pixels) and ``excess = value -
+null``, the part of the similarity that shared background does not explain.
 """
 from __future__ import annotations
 
@@ -20,12 +23,13 @@ from .guard import preserved
 from .methods import get_method
 from .methods.many import attribute_many
 from .methods.targets import resolve_targets
+from .nulls import foreground_mask, null_seeds, permutation_index, similarity_and_null
 from .randomization import randomized
-from .similarity import SIMILARITY_METRICS, similarity_table
+from .similarity import SIMILARITY_METRICS
 
 DEFAULT_METRICS = ("spearman_abs", "spearman", "ssim", "hog")
 EXPLAIN_CHOICES = ("current_top1", "original_top1", "label")
-COLUMNS = ["method", "variant", "stage", "layer", "image", "target", "metric", "value"]
+COLUMNS = ["method", "variant", "stage", "layer", "image", "target", "metric", "value", "null", "excess"]
 
 MethodRequest = tuple[str, str, dict]
 
@@ -161,16 +165,19 @@ class _Rows:
         self.label_to_method = label_to_method
         self.keys: list[tuple] = []
         self.values: list[torch.Tensor] = []
+        self.nulls: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
 
-    def add(self, sims: dict, *, label: str, stage: int, layer: str, images: list, targets: torch.Tensor) -> None:
+    def add(self, sims: dict, nulls: dict, *, label: str, stage: int, layer: str, images: list,
+            targets: torch.Tensor) -> None:
         for metric, values in sims.items():
             self.keys.append((label, stage, layer, metric, images))
             self.values.append(values.detach().float().flatten())
+            self.nulls.append(nulls[metric].detach().float().flatten())
             self.targets.append(targets.detach().flatten())
 
     def frame(self) -> pd.DataFrame:
-        values = torch.cat(self.values).cpu().double().numpy()
+        values, nulls = torch.stack([torch.cat(self.values), torch.cat(self.nulls)]).cpu().double().numpy()
         targets = torch.cat(self.targets).cpu().numpy()
         columns: dict[str, list] = {k: [] for k in ("method", "variant", "label", "stage", "layer", "image", "metric")}
         for label, stage, layer, metric, images in self.keys:
@@ -183,24 +190,37 @@ class _Rows:
         frame = pd.DataFrame(columns)
         frame.insert(6, "target", targets)
         frame["value"] = values
+        frame["null"] = nulls
+        frame["excess"] = frame["value"] - frame["null"]
         return frame
 
 
-def _stacked_similarities(reference: dict, maps: dict, metrics: tuple) -> dict[str, dict]:
-    """``similarity_table`` of every label's maps against its reference, with the labels whose maps
-    have one shape stacked into one batch: every metric is per image, so the values are those of
-    one call per label, for a fraction of the kernel launches."""
+def _null_index(xb: torch.Tensor, background: float | None, seed: int, images: Sequence[int]) -> torch.Tensor:
+    """The null's permutation of the foreground pixels of the images ``xb`` (global indices ``images``):
+    computed once per batch and shared by every stage, class pair and method."""
+    return permutation_index(foreground_mask(xb, background), null_seeds(seed, images))
+
+
+def _stacked_similarities(reference: dict, maps: dict, metrics: tuple, index: torch.Tensor,
+                          size: tuple) -> tuple[dict[str, dict], dict[str, dict]]:
+    """``similarity_table`` of every label's maps against its reference, and of the same maps with
+    their pixels permuted by ``index`` (the null: :func:`saliency_sanity.nulls.similarity_and_null`),
+    with the labels whose maps have one shape stacked into one batch: every metric is per image, so
+    the values are those of one call per label, for a fraction of the kernel launches. Returns
+    ``(values, nulls)``, each ``{label: {metric: Tensor[B]}}``. ``size`` is the input's height and
+    width: maps of another size are refused."""
     groups: dict[tuple, list[str]] = {}
     for lab in reference:
         groups.setdefault(tuple(maps[lab].shape), []).append(lab)
-    out = {}
+    values, nulls = {}, {}
     for labs in groups.values():
-        sims = similarity_table(torch.cat([reference[lab] for lab in labs]), torch.cat([maps[lab] for lab in labs]),
-                                metrics)
+        sims, null = similarity_and_null(torch.cat([reference[lab] for lab in labs]),
+                                         torch.cat([maps[lab] for lab in labs]), index, metrics, size=size)
         n = len(maps[labs[0]])
         for i, lab in enumerate(labs):
-            out[lab] = {metric: values[i * n:(i + 1) * n] for metric, values in sims.items()}
-    return out
+            values[lab] = {metric: v[i * n:(i + 1) * n] for metric, v in sims.items()}
+            nulls[lab] = {metric: v[i * n:(i + 1) * n] for metric, v in null.items()}
+    return values, nulls
 
 
 def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, mode: str = "cascading",
@@ -209,7 +229,7 @@ def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, 
                        init: str = "truncated_normal", std: float = 0.01, seed: int = 0,
                        batch_size: int = 64, image_ids: Sequence[int] | None = None,
                        stages: Sequence[int] | None = None, progress: bool = True,
-                       **randomization_options) -> pd.DataFrame:
+                       background: float | None = 0.0, **randomization_options) -> pd.DataFrame:
     """Similarity of each method's map under progressive (or independent) re-initialisation to its
     map on the original model (Adebayo et al. 2018, Sec. 4; Khakzar et al. 2020).
 
@@ -227,6 +247,15 @@ def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, 
     keyed by ``seed`` and the layer's name. The table is the same for any ``batch_size``, and its
     rows come in one canonical order (:func:`canonical_order`). ``sound_mask`` draws its fills per
     batch and is therefore refused here (run it through :func:`saliency_sanity.attribute`).
+
+    Columns ``value`` (the similarity to the original model's map), ``null`` (the same metric after
+    the randomized model's map is permuted among the input's foreground pixels: what maps that share
+    only the input's support score) and ``excess = value - null``.
+    ``background`` (default 0.0) defines the input's background for the ``null`` column: the
+    compared map's values are permuted among the pixels where some channel of the input differs
+    from it (:func:`saliency_sanity.nulls.foreground_mask`; ``None``: among all pixels), the same
+    permutation for an image at every stage (keyed by ``seed`` and the image's index). Maps must
+    have the input's height and width.
     """
     check_model(model)
     check_images(x)
@@ -245,6 +274,7 @@ def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, 
                                 for i in range(0, len(x), batch_size)])
                      if explain == "original_top1" else labels)
         reference: dict[str, list[torch.Tensor]] = {}
+        nulls: dict[int, torch.Tensor] = {}  # the null's permutation of each batch, for every stage
         with randomized(model, mode=mode, order=order, unit=unit, init=init, std=std, seed=seed,
                         example_input=x[:1].to(device), **randomization_options) as stage_iter:
             n_stages = len(stage_iter)
@@ -264,9 +294,12 @@ def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, 
                     if stage.index == 0:
                         for lab in label_to_method:
                             reference.setdefault(lab, []).append(maps[lab])
-                    for lab, sims in _stacked_similarities({lab: reference[lab][chunk] for lab in label_to_method},
-                                                           maps, metrics).items():
-                        rows.add(sims, label=lab, stage=stage.index, layer=layer,
+                    if chunk not in nulls:
+                        nulls[chunk] = _null_index(xb, background, seed, ids[start:start + len(xb)])
+                    values, null = _stacked_similarities({lab: reference[lab][chunk] for lab in label_to_method},
+                                                         maps, metrics, nulls[chunk], tuple(xb.shape[-2:]))
+                    for lab, sims in values.items():
+                        rows.add(sims, null[lab], label=lab, stage=stage.index, layer=layer,
                                  images=ids[start:start + len(xb)], targets=maps["target"])
                     bar.update(1)
             bar.close()
@@ -281,7 +314,7 @@ CLASS_PAIRS = (("top1", "bottom1"), ("top1", "random"))
 def class_sensitivity(model: nn.Module, x: torch.Tensor, methods: Iterable, *,
                       pairs: Sequence[tuple] = CLASS_PAIRS, metrics: Sequence[str] = DEFAULT_METRICS,
                       seed: int = 0, batch_size: int = 64, image_ids: Sequence[int] | None = None,
-                      progress: bool = True) -> pd.DataFrame:
+                      progress: bool = True, background: float | None = 0.0) -> pd.DataFrame:
     """Similarity between maps of the same image for two different classes (Khakzar et al. 2020,
     top-1 vs least likely; Sixt et al. 2020: top-1 vs a random class).
 
@@ -290,6 +323,15 @@ def class_sensitivity(model: nn.Module, x: torch.Tensor, methods: Iterable, *,
     LongTensors with one class per image. The "random" class and SmoothGrad's noise are keyed by
     ``seed`` and the image's index in ``image_ids``, so the table (in :func:`canonical_order`) is
     the same for any ``batch_size``.
+
+    Columns ``value`` (the similarity of the maps for the pair's first and second class), ``null``
+    (the same metric after the second class's map is permuted among the input's foreground pixels:
+    what maps that share only the input's support score) and ``excess = value - null``.
+    ``background`` (default 0.0) defines the input's background for the ``null`` column: the
+    compared map's values are permuted among the pixels where some channel of the input differs
+    from it (:func:`saliency_sanity.nulls.foreground_mask`; ``None``: among all pixels), the same
+    permutation for an image in every pair (keyed by ``seed`` and the image's index). Maps must
+    have the input's height and width.
     """
     check_model(model)
     check_images(x)
@@ -304,31 +346,41 @@ def class_sensitivity(model: nn.Module, x: torch.Tensor, methods: Iterable, *,
     bar = tqdm(total=len(pairs) * len(range(0, len(x), batch_size)), disable=not progress,
                desc="class sensitivity")
     cache: dict = {}
+    nulls: dict[int, torch.Tensor] = {}  # the null's permutation of each batch, for every pair
     for a, b in pairs:
         pair = pair_name(a, b)
         for start in range(0, len(x), batch_size):
             xb = x[start:start + batch_size].to(device)
+            images = ids[start:start + len(xb)]
+            if start not in nulls:
+                nulls[start] = _null_index(xb, background, seed, images)
             out = []
             for t in (a, b):
                 key = (t if isinstance(t, str) else id(t), start)
                 if key not in cache:  # top1 maps are shared by every pair
                     tt = t[start:start + batch_size] if isinstance(t, torch.Tensor) else t
                     cache[key] = attribute_many(model, xb, tt, requests, reduce=None,
-                                                seed=image_seeds(seed, ids[start:start + len(xb)]))
+                                                seed=image_seeds(seed, images))
                 out.append(cache[key])
-            for lab in label_to_method:
-                sims = similarity_table(out[0][lab], out[1][lab], metrics)
-                name, variant = label_to_method[lab]
-                for metric, values in sims.items():
-                    parts.append(pd.DataFrame({
-                        "method": name, "variant": variant, "label": lab, "pair": pair,
-                        "image": ids[start:start + len(xb)], "target_a": out[0]["target"].cpu().numpy(),
-                        "target_b": out[1]["target"].cpu().numpy(), "metric": metric,
-                        "value": values.detach().cpu().double().numpy()}))
+            values, null = _stacked_similarities({lab: out[0][lab] for lab in label_to_method}, out[1], metrics,
+                                                 nulls[start], tuple(xb.shape[-2:]))
+            target_a, target_b = out[0]["target"].cpu().numpy(), out[1]["target"].cpu().numpy()
+            for lab, (name, variant) in label_to_method.items():
+                for metric, value in values[lab].items():
+                    parts.append(_pair_rows(value, null[lab][metric], method=name, variant=variant,
+                                            label=lab, pair=pair, image=images, target_a=target_a,
+                                            target_b=target_b, metric=metric))
             bar.update(1)
     bar.close()
     return canonical_order(pd.concat(parts, ignore_index=True), label=list(label_to_method), metric=metrics,
                            pair=[pair_name(a, b) for a, b in pairs])
+
+
+def _pair_rows(values: torch.Tensor, null: torch.Tensor, **columns) -> pd.DataFrame:
+    """The rows of one label, metric and batch of a pairwise check: ``columns``, then ``value``,
+    ``null`` and ``excess``."""
+    value, null = torch.stack([values.detach().double(), null.detach().double()]).cpu().numpy()
+    return pd.DataFrame({**columns, "value": value, "null": null, "excess": value - null})
 
 
 def _target_name(t) -> str:
@@ -366,9 +418,15 @@ def positive_handling_summary(randomization: pd.DataFrame, sensitivity: pd.DataF
 
 def similarity_means(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     """Mean and std of ``value`` per group over the pairs where the similarity is defined, with the
-    counts ``defined`` and ``undefined`` (NaN: a pair with a constant map, see :func:`similarity`)."""
-    out = frame.groupby(list(by), sort=False).value.agg(mean="mean", std="std", defined="count", pairs="size")
+    counts ``defined`` and ``undefined`` (NaN: a pair with a constant map, see :func:`similarity`),
+    and, for a check's table with a null, the mean ``null`` and mean ``excess`` over the pairs where
+    they are defined."""
+    groups = frame.groupby(list(by), sort=False)
+    out = groups.value.agg(mean="mean", std="std", defined="count", pairs="size")
     out["undefined"] = out.pop("pairs") - out["defined"]
+    for column in ("null", "excess"):
+        if column in frame:
+            out[column] = groups[column].mean()
     return out.reset_index()
 
 
@@ -384,12 +442,22 @@ def _summary_cell(mean: float, std: float, defined: int, undefined: int, passed)
 
 def data_randomization_test(model: nn.Module, random_label_model: nn.Module, x: torch.Tensor, methods: Iterable, *,
                             metrics: Sequence[str] = DEFAULT_METRICS, seed: int = 0, batch_size: int = 64,
-                            image_ids: Sequence[int] | None = None, progress: bool = True) -> pd.DataFrame:
+                            image_ids: Sequence[int] | None = None, progress: bool = True,
+                            background: float | None = 0.0) -> pd.DataFrame:
     """Similarity between the maps of a model trained on the true labels and of one trained on
     permuted labels (Adebayo et al. 2018, Sec. 5), each explaining its own top-1 class.
 
     A map that explains the model must differ: the second model has learned nothing about the
     relation between images and labels, only memorised them.
+
+    Columns ``value`` (the similarity of the two models' maps), ``null`` (the same metric after the
+    random-label model's map is permuted among the input's foreground pixels: what maps that share
+    only the input's support score) and ``excess = value - null``.
+    ``background`` (default 0.0) defines the input's background for the ``null`` column: the
+    compared map's values are permuted among the pixels where some channel of the input differs
+    from it (:func:`saliency_sanity.nulls.foreground_mask`; ``None``: among all pixels), the same
+    permutation for an image (keyed by ``seed`` and the image's index). Maps must have the
+    input's height and width.
     """
     for m in (model, random_label_model):
         check_model(m)
@@ -402,13 +470,16 @@ def data_randomization_test(model: nn.Module, random_label_model: nn.Module, x: 
     parts = []
     for start in tqdm(range(0, len(x), batch_size), disable=not progress, desc="data randomization"):
         xb = x[start:start + batch_size].to(device)
-        seeds = image_seeds(seed, ids[start:start + len(xb)])
+        images = ids[start:start + len(xb)]
+        seeds = image_seeds(seed, images)
         a = attribute_many(model, xb, "top1", requests, reduce=None, seed=seeds)
         b = attribute_many(random_label_model, xb, "top1", requests, reduce=None, seed=seeds)
+        values, null = _stacked_similarities({lab: a[lab] for lab in label_to_method}, b, metrics,
+                                             _null_index(xb, background, seed, images), tuple(xb.shape[-2:]))
+        target_a, target_b = a["target"].cpu().numpy(), b["target"].cpu().numpy()
         for lab, (name, variant) in label_to_method.items():
-            for metric, values in similarity_table(a[lab], b[lab], metrics).items():
-                parts.append(pd.DataFrame({
-                    "method": name, "variant": variant, "label": lab, "image": ids[start:start + len(xb)],
-                    "target_a": a["target"].cpu().numpy(), "target_b": b["target"].cpu().numpy(),
-                    "metric": metric, "value": values.detach().cpu().double().numpy()}))
+            for metric, value in values[lab].items():
+                parts.append(_pair_rows(value, null[lab][metric], method=name, variant=variant,
+                                        label=lab, image=images, target_a=target_a, target_b=target_b,
+                                        metric=metric))
     return canonical_order(pd.concat(parts, ignore_index=True), label=list(label_to_method), metric=metrics)
