@@ -54,3 +54,26 @@ def test_every_figure_the_chapters_cite_was_produced(smoke_site):
     assert cited <= produced, f"cited but not produced: {sorted(cited - produced)}"
     for name in cited:  # every cited figure has a vector twin
         assert (smoke_site / "book" / "figures" / name.replace(".png", ".svg")).is_file()
+
+
+@pytest.mark.slow
+def test_no_page_prints_nan_none_or_na(smoke_site):
+    """A computed sentence must never show a missing number: scan the visible text of every built page."""
+    import html as html_lib
+    import re
+
+    site = smoke_site / "book" / "_build" / "html"
+    # "None of ..." is English; a bare None is a Python value that leaked into the text
+    bad = re.compile(r"(?<![\w-])(nan|NaN|None(?! of\b)|<NA>|NA)(?![\w-])")
+    found = {}
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) > 10
+    for page in pages:
+        text = page.read_text()
+        # visible text only: scripts, styles and code listings (which may name None in Python) left out
+        text = re.sub(r"(?s)<(script|style|pre|code)\b.*?</\1>", " ", text)
+        text = html_lib.unescape(re.sub(r"<[^>]+>", " ", text))
+        hits = sorted({m.group(0) for m in bad.finditer(text)})
+        if hits:
+            found[str(page.relative_to(site))] = hits
+    assert not found, f"pages print a missing value: {found}"

@@ -175,3 +175,27 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
     except Exception as err:
         raise ValueError(f"{path}: not a loadable checkpoint of tensors ({err.__class__.__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}); delete it to recompute") from err
+
+
+def source_hash(length: int = 16) -> str:
+    """A digest of the package's own source files: a cached result computed by other code is stale."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:length]
+
+
+def cached_table(name: str, key: Any, compute) -> "pandas.DataFrame":
+    """The DataFrame ``compute()`` returns, kept as CSV under the cache root and reused while ``key``
+    and the package's source are unchanged (one experiment's table, shared by several notebooks)."""
+    import pandas as pd
+
+    path = cache_root() / "tables" / f"{name}-{config_hash({'key': key, 'source': source_hash()})}.csv"
+    if not path.is_file():
+        frame = compute()
+        # CSV keeps the cache readable and free of pickled code; floats are written with every digit
+        _atomic(path, lambda fh: fh.write(frame.to_csv(index=False, float_format="%.17g").encode()))
+    # read back also when just computed, so a first run and a rerun see the same dtypes
+    return pd.read_csv(path)

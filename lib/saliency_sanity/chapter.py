@@ -46,6 +46,39 @@ class Chapter:
                              n_train=self.profile.permuted_n_train, batch_size=64, permute_labels=True)
         return train_model(config, load_fashion_mnist("train"), self.test, device=self.profile.device)
 
+    @cached_property
+    def seed_runs(self) -> dict[tuple[str, int], TrainedModel]:
+        """The trained model of every architecture and seed of ``profile.model_seeds``."""
+        runs = train_profile_models(self.profile, seeds=self.profile.model_seeds, progress=False)
+        return {(run.config.arch, run.config.seed): run for run in runs}
+
+    @property
+    def tables_dir(self) -> Path:
+        """Where the notebooks leave the tidy tables the scorecard reads (beside the executed notebooks)."""
+        return self.figures_dir.parent / "generated" / "tables"
+
+    def save_table(self, frame, name: str) -> Path:
+        """Keep ``frame`` as ``<tables_dir>/<name>.csv``, tagged with the profile that made it."""
+        from .cache import atomic_write_text
+
+        tagged = frame.assign(profile=self.profile.name)
+        return atomic_write_text(tagged.to_csv(index=False, float_format="%.17g"), self.tables_dir / f"{name}.csv")
+
+    def read_table(self, name: str, notebook: str):
+        """A table another notebook saved with this profile; a clear error when it is missing or stale."""
+        import pandas as pd
+
+        path = self.tables_dir / f"{name}.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: run notebooks/{notebook} with profile "
+                                    f"{self.profile.name!r} first (`python -m saliency_sanity reproduce`)")
+        frame = pd.read_csv(path)
+        made = set(frame.pop("profile").unique())
+        if made != {self.profile.name}:
+            raise ValueError(f"{path} was made with profile {sorted(made)}, not {self.profile.name!r}: "
+                             f"rerun notebooks/{notebook} with this profile")
+        return frame
+
     @property
     def models(self) -> dict[str, torch.nn.Module]:
         return {arch: run.model.to(self.device).eval() for arch, run in self.runs.items()}

@@ -161,28 +161,63 @@ HANDLING_PALETTE = {"signed propagation": "#1b9e77", "positive propagation": "#d
                     "absolute aggregation": "#a6761d", "other": "0.5"}
 
 
-def positive_handling_scatter(summary: pd.DataFrame, *, threshold: float = 0.5) -> plt.Figure:
-    """Similarity after full randomization (x) vs similarity between top-1 and least-likely class
-    maps (y), one point per method and model, coloured by its handling of gradients. Methods in the
-    lower-left quadrant pass both sanity checks."""
-    wide = summary.pivot_table(index=["arch", "label", "handling"], columns="test", values="mean").reset_index()
-    class_col = next(c for c in wide.columns if str(c).startswith("class"))
-    fig, ax = plt.subplots(figsize=(6.4, 5.2))
-    sns.scatterplot(wide, x="randomization", y=class_col, hue="handling", style="arch", s=70,
-                    palette=HANDLING_PALETTE, ax=ax)
-    for label, x, y in zip(wide["label"], wide["randomization"], wide[class_col]):
-        ax.annotate(label, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    ax.axvline(threshold, color="0.4", ls="--", lw=0.8)
-    ax.axhline(threshold, color="0.4", ls="--", lw=0.8)
-    ax.set(xlabel="similarity to the original map after randomizing every layer",
-           ylabel="similarity of top-1 and least-likely class maps", xlim=(-0.3, 1.05), ylim=(-0.3, 1.05))
-    ax.legend(fontsize=7, loc="lower right")
-    # a method whose every pair is undefined (constant maps) has no point; say so rather than drop it
-    missing = wide[wide[["randomization", class_col]].isna().any(axis=1)]
-    if len(missing):
-        names = ", ".join(f"{row.label} ({row.arch})" for row in missing.itertuples())
-        ax.text(0.01, 0.99, f"not shown, similarity undefined (constant maps): {names}", transform=ax.transAxes,
-                fontsize=6, va="top", wrap=True)
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
+
+
+def interval_scatter(summary: pd.DataFrame, *, x: str, y: str, xlabel: str, ylabel: str, col: str = "arch",
+                     reference: float | None = None) -> plt.Figure:
+    """One point per method with its 95 % intervals on both axes (``{x,y}_mean/_low/_high`` columns),
+    one panel per ``col``; colour = handling of gradients, marker = method within it, and a legend
+    instead of labels on the points, so that nothing overlaps however close the methods lie."""
+    panels = list(dict.fromkeys(summary[col]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 2.6, 4.4), squeeze=False,
+                             sharex=True, sharey=True)
+    labels = list(dict.fromkeys(summary.sort_values("handling", kind="stable")["label"]))
+    style = {}
+    for handling, group in summary.drop_duplicates("label").groupby("handling", sort=False):
+        for i, label in enumerate(group["label"]):
+            style[label] = (HANDLING_PALETTE.get(handling, "0.3"), _MARKERS[i % len(_MARKERS)])
+    for ax, panel in zip(axes[0], panels):
+        rows = summary[summary[col] == panel].set_index("label")
+        for label in labels:
+            if label not in rows.index:
+                continue
+            r = rows.loc[label]
+            color, marker = style[label]
+            ax.errorbar(r[f"{x}_mean"], r[f"{y}_mean"],
+                        xerr=[[r[f"{x}_mean"] - r[f"{x}_low"]], [r[f"{x}_high"] - r[f"{x}_mean"]]],
+                        yerr=[[r[f"{y}_mean"] - r[f"{y}_low"]], [r[f"{y}_high"] - r[f"{y}_mean"]]],
+                        fmt=marker, color=color, ms=6, elinewidth=0.8, capsize=0, label=label)
+        if reference is not None:
+            ax.axvline(reference, color="0.4", ls="--", lw=0.8)
+            ax.axhline(reference, color="0.4", ls="--", lw=0.8)
+        ax.axvline(0, color="0.6", lw=0.6)
+        ax.axhline(0, color="0.6", lw=0.6)
+        ax.set(title=str(panel), xlabel=xlabel)
+    axes[0][0].set_ylabel(ylabel)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def claims_forest(card: pd.DataFrame) -> plt.Figure:
+    """Each claim's parts as a point with its interval against the bound it must clear, coloured by
+    the claim's verdict: the scorecard at a glance."""
+    colors = {"reproduced": "#1b9e77", "partly": "#e6ab02", "not reproduced": "#d95f02", "not testable here": "0.6"}
+    rows = [(f"{r.key} · {p.model}" if len({q.model for q in r.parts}) > 1 else f"{r.key} · {p.quantity[:28]}",
+             p, r.verdict) for r in card.itertuples() for p in r.parts]
+    fig, ax = plt.subplots(figsize=(7.2, 0.26 * len(rows) + 1.0))
+    for i, (name, p, v) in enumerate(rows):
+        y = len(rows) - 1 - i
+        ax.plot([p.low, p.high], [y, y], color=colors[v], lw=2)
+        ax.plot(p.mean, y, "o", color=colors[v], ms=4)
+        ax.plot(p.bound, y, "|", color="0.2", ms=9, mew=1.5)
+    ax.set_yticks(range(len(rows)), [name for name, _, _ in reversed(rows)], fontsize=7)
+    ax.set_xlabel("measured quantity (point: mean; bar: 95 % interval; |: the bound of the claim)")
+    handles = [plt.Line2D([], [], color=c, lw=2, label=v) for v, c in colors.items()]
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08 - 1.2 / (len(rows) + 4)),
+              ncol=4, frameon=False)
     fig.tight_layout()
     return fig
 

@@ -40,6 +40,9 @@ class Profile:
     stability_images: int = 50  # test images whose maps are compared across seeds
     stability_test_images: int | None = 5_000  # test images predicted after every epoch of every run
     archs: tuple[str, ...] = ("vgg", "resnet")
+    # trained models per architecture in the randomization and class-sensitivity chapters: their intervals
+    # resample these seeds, then images, and each model is randomized with its own seed (>= 3: the scorecard)
+    model_seeds: tuple[int, ...] = (0, 1, 2)
     device: str = "auto"
 
     def as_dict(self) -> dict:
@@ -50,13 +53,14 @@ PROFILES = {
     "smoke": Profile("smoke", n_train=3_000, epochs=2, seeds=(0, 1), n_images=8, ig_steps=8,
                      smoothgrad_samples=4, permuted_n_train=256, permuted_epochs=8, soundness_images=3,
                      mask_steps=20, stability_n_train=600, stability_epochs=2, stability_images=6,
-                     stability_test_images=500),
-    "default": Profile("default", n_train=None, epochs=4, seeds=(0, 1, 2, 3, 4), n_images=100,
+                     stability_test_images=500, model_seeds=(0, 1)),
+    # 50 test images x 3 model seeds: 150 explained images per architecture, intervals over seeds and images
+    "default": Profile("default", n_train=None, epochs=4, seeds=(0, 1, 2, 3, 4), n_images=50,
                        ig_steps=32, smoothgrad_samples=16),
     "full": Profile("full", n_train=None, epochs=10, seeds=tuple(range(10)), n_images=1000,
                     ig_steps=64, smoothgrad_samples=50, soundness_images=100, soundness_ablation_images=20,
                     stability_n_train=None, stability_epochs=10, stability_images=200,
-                    stability_test_images=None),
+                    stability_test_images=None, model_seeds=tuple(range(5))),
 }
 
 
@@ -81,8 +85,8 @@ def get_profile(name: str, **overrides) -> Profile:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
                 raise TypeError(f"parameter {key} must be a list of integers (or a count), got {value!r}")
             value = tuple(value)
-            if key == "seeds" and len(value) == 0:
-                raise ValueError("parameter seeds must name at least one seed")
+            if key in ("seeds", "model_seeds") and len(value) == 0:
+                raise ValueError(f"parameter {key} must name at least one seed")
         elif isinstance(default, str):
             if not isinstance(value, str):
                 raise TypeError(f"parameter {key} must be a string, got {value!r}")
