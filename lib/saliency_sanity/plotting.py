@@ -99,18 +99,30 @@ def map_grid(images, maps: dict, *, row_labels=None, max_rows: int = 10, cell: f
     return fig
 
 
+def stage_label(layers: str) -> str:
+    """A short tick label for a randomization stage: ``"layer3.conv1,layer3.bn1,..."`` -> ``"layer3"``
+    (the block the stage's layers share); one layer keeps its name."""
+    names = [n for n in str(layers).split(",") if n]
+    if len(names) <= 1:
+        return names[0] if names else str(layers)
+    heads = {n.split(".")[0] for n in names}
+    return heads.pop() if len(heads) == 1 else f"{names[0]} +{len(names) - 1}"
+
+
 def similarity_curves(frame: pd.DataFrame, *, x: str = "stage", hue: str = "label", col: str = "metric",
-                      row: str | None = None, xticklabels=None) -> sns.FacetGrid:
-    """Mean similarity to the original map per stage with 95 % bootstrap confidence bands."""
-    grid = sns.relplot(frame, x=x, y="value", hue=hue, col=col, row=row, kind="line", marker="o",
-                       errorbar=("ci", 95), n_boot=200, seed=0, height=2.8, aspect=1.15,
-                       facet_kws={"sharey": False})
+                      row: str | None = None, xticklabels=None, y: str = "value") -> sns.FacetGrid:
+    """Mean similarity to the original map per stage with 95 % bootstrap confidence bands; panels two
+    per row so that the text stays legible at the book's width, stages named by :func:`stage_label`."""
+    grid = sns.relplot(frame, x=x, y=y, hue=hue, col=col, row=row, kind="line", marker="o",
+                       errorbar=("ci", 95), n_boot=200, seed=0, height=2.6, aspect=1.3,
+                       col_wrap=None if row else 2, facet_kws={"sharey": False})
     for ax in grid.axes.flat:
         ax.axhline(0, color="0.5", lw=0.8, ls=":")
         if xticklabels is not None:
             ax.set_xticks(range(len(xticklabels)))
-            ax.set_xticklabels(xticklabels, rotation=60, ha="right", fontsize=7)
-    grid.set_axis_labels("randomized up to layer" if xticklabels is not None else x, "similarity to original")
+            ax.set_xticklabels([stage_label(t) for t in xticklabels], rotation=45, ha="right", fontsize=9)
+    grid.set_axis_labels("randomized down to" if xticklabels is not None else x,
+                         "similarity to original" if y == "value" else y)
     return grid
 
 
@@ -203,21 +215,25 @@ def interval_scatter(summary: pd.DataFrame, *, x: str, y: str, xlabel: str, ylab
 
 def claims_forest(card: pd.DataFrame) -> plt.Figure:
     """Each claim's parts as a point with its interval against the bound it must clear, coloured by
-    the claim's verdict: the scorecard at a glance."""
+    the part's verdict: the scorecard at a glance."""
     colors = {"reproduced": "#1b9e77", "partly": "#e6ab02", "not reproduced": "#d95f02", "not testable here": "0.6"}
-    rows = [(f"{r.key} · {p.model}" if len({q.model for q in r.parts}) > 1 else f"{r.key} · {p.quantity[:28]}",
-             p, r.verdict) for r in card.itertuples() for p in r.parts]
-    fig, ax = plt.subplots(figsize=(7.2, 0.26 * len(rows) + 1.0))
-    for i, (name, p, v) in enumerate(rows):
+    rows = []
+    for r in card.itertuples():
+        several_models = len({p.model for p in r.parts}) > 1
+        for p in r.parts:
+            suffix = p.model if several_models else p.quantity.split(":")[0] if len(r.parts) > 1 else ""
+            rows.append((f"{r.key} · {suffix}" if suffix else r.key, p))
+    fig, ax = plt.subplots(figsize=(7.2, 0.24 * len(rows) + 1.2))
+    for i, (name, p) in enumerate(rows):
         y = len(rows) - 1 - i
-        ax.plot([p.low, p.high], [y, y], color=colors[v], lw=2)
-        ax.plot(p.mean, y, "o", color=colors[v], ms=4)
+        color = colors[p.verdict]
+        ax.plot([p.low, p.high], [y, y], color=color, lw=2.5)
+        ax.plot(p.mean, y, "o", color=color, ms=4)
         ax.plot(p.bound, y, "|", color="0.2", ms=9, mew=1.5)
-    ax.set_yticks(range(len(rows)), [name for name, _, _ in reversed(rows)], fontsize=7)
-    ax.set_xlabel("measured quantity (point: mean; bar: 95 % interval; |: the bound of the claim)")
-    handles = [plt.Line2D([], [], color=c, lw=2, label=v) for v, c in colors.items()]
-    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08 - 1.2 / (len(rows) + 4)),
-              ncol=4, frameon=False)
+    ax.set_yticks(range(len(rows)), [name for name, _ in reversed(rows)], fontsize=8)
+    ax.set_xlabel("measured quantity (point: mean; bar: 95 % interval; |: the claim's bound)")
+    handles = [plt.Line2D([], [], color=c, lw=2.5, label=v) for v, c in colors.items()]
+    ax.legend(handles=handles, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     fig.tight_layout()
     return fig
 

@@ -328,7 +328,8 @@ def _why(parts: list[Part], claim: Claim) -> str:
     sides = []
     for p in parts:
         if p.verdict == "not testable here":
-            sides.append(f"{p.model}: undefined (n={p.n})")
+            sides.append("not among this build's methods" if p.model == "–" else
+                         f"{p.model}: no interval ({p.n} defined values; a pair with a constant map has no similarity)")
             continue
         where = {"reproduced": "on the claimed side of", "not reproduced": "on the other side of",
                  "partly": "across"}[verdict(p.low, p.high, claim=p.claim, bound=p.bound)]
