@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PROFILE ?= default
+# `make book FORCE=1` re-executes every notebook; by default only those whose inputs changed run
+FORCE ?=
 export SALIENCY_SANITY_CACHE ?= $(CURDIR)/.cache
 # pip on this kind of machine prints one warning per missing local index entry; keep logs readable
 PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
@@ -32,7 +34,7 @@ data: install
 	$(PY) -c "from saliency_sanity.data import find_fashion_mnist; print('Fashion-MNIST:', find_fashion_mnist())"
 
 book: data
-	$(PY) -m saliency_sanity reproduce --profile $(PROFILE)
+	$(PY) -m saliency_sanity reproduce --profile $(PROFILE)$(if $(filter 1 yes true,$(FORCE)), --force)
 	@echo "The book is at book/_build/html/index.html"
 
 smoke: data

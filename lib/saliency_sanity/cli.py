@@ -24,13 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m saliency_sanity",
                                      description="Sanity checks for saliency maps: reproduce the paper.")
     sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("reproduce", help="run every notebook with papermill and build the book")
+    rep = sub.add_parser("reproduce", help="run the notebooks that changed with papermill and build the book")
     rep.add_argument("--profile", default="default", choices=list(PROFILES),
                      help="how much work to do: smoke (CI, minutes), default (2 CPU cores, 20-45 min), full (GPU)")
     rep.add_argument("--root", type=Path, default=None, help="project root (default: found from the cwd)")
     rep.add_argument("--site", type=Path, default=None,
                      help="build a copy of the book in this folder instead of in place")
-    rep.add_argument("--only", nargs="*", default=None, help="notebook stems to run, e.g. 00_models")
+    rep.add_argument("--only", nargs="*", default=None,
+                     help="notebook stems to execute (always, changed or not), e.g. 00_models")
+    rep.add_argument("--force", action="store_true",
+                     help="execute every notebook, also those whose inputs did not change "
+                          "(by default an unchanged notebook's executed copy in book/generated is reused)")
     rep.add_argument("--no-build", action="store_true", help="execute notebooks, skip jupyter-book")
     chk = sub.add_parser("check", help="run the sanity checks on your own model and images")
     chk.add_argument("--model", required=True,
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tic = time.perf_counter()
         index = reproduce(args.profile, root=args.root, site=args.site, only=args.only,
-                          build=not args.no_build)
+                          build=not args.no_build, force=args.force)
         print(f"profile {args.profile}: {time.perf_counter() - tic:.0f} s")
         if index:
             print(f"book: {index}")
