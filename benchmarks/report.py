@@ -24,6 +24,8 @@ RANDOMIZATION = {"case": "case", "images": "images", "stages": "layers", "ours_s
 
 def table(frame: pd.DataFrame, columns: dict) -> str:
     shown = frame[[c for c in columns if c in frame.columns]].rename(columns=columns)
+    # tabulate writes its missingval only for None, a float NaN would print "nan"
+    shown = shown.astype(object).where(shown.notna(), None)
     return shown.to_markdown(index=False, floatfmt=".3g", missingval="—")
 
 

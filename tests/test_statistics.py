@@ -8,8 +8,8 @@ import pytest
 import scipy.stats
 
 from saliency_sanity.draws import keyed_seed
-from saliency_sanity.statistics import (VERDICTS, _replicates, bootstrap_intervals, bootstrap_mean, holm,
-                                        paired_contrasts, verdict)
+from saliency_sanity.statistics import (VERDICTS, _content_key, _replicates, bootstrap_intervals, bootstrap_mean,
+                                        holm, paired_contrasts, verdict)
 
 MU = 0.3
 
@@ -124,8 +124,15 @@ def test_intervals_follow_the_stated_seeding(table):
     out = bootstrap_intervals(table, ["arch"], n_boot=500, seed=3).set_index("arch")
     rows = table[(table.arch == "resnet") & table.value.notna()].sort_values(["seed", "image"])
     units = [g.value.to_numpy() for _, g in rows.groupby("seed")]
-    expected = bootstrap_mean(units, n_boot=500, seed=keyed_seed(3, "bootstrap", "resnet"))
+    expected = bootstrap_mean(units, n_boot=500, seed=keyed_seed(3, "bootstrap", _content_key(units)))
     assert tuple(out.loc["resnet", ["mean", "low", "high"]]) == expected
+
+
+def test_the_same_rows_grouped_differently_give_the_same_interval(table):
+    by_arch = bootstrap_intervals(table, ["arch"], n_boot=500).set_index("arch")
+    tagged = table.assign(metric="spearman_abs", reading="top")
+    finer = bootstrap_intervals(tagged, ["arch", "metric", "reading"], n_boot=500).set_index("arch")
+    pd.testing.assert_frame_equal(by_arch[["mean", "low", "high"]], finer[["mean", "low", "high"]])
 
 
 def test_intervals_do_not_depend_on_row_order_or_other_groups(table):
@@ -142,7 +149,7 @@ def test_intervals_without_a_seed_column_have_one_unit(table):
     assert out["n_units"].tolist() == [1, 1]
     values = one_seed[one_seed.arch == "vgg"].sort_values("image").value.to_numpy()
     assert tuple(out.loc["vgg", ["mean", "low", "high"]]) == bootstrap_mean(
-        [values], n_boot=500, seed=keyed_seed(0, "bootstrap", "vgg"))
+        [values], n_boot=500, seed=keyed_seed(0, "bootstrap", _content_key([values])))
 
 
 def test_intervals_without_by_give_one_row(table):

@@ -355,7 +355,8 @@ def notebook_parameters(root: Path | None = None) -> "pandas.DataFrame":
 
 def build_book(site: Path, warnings_as_errors: bool = True) -> Path:
     """``jupyter-book build`` of ``site`` into ``site/book/_build/html``."""
-    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(site), "--path-output", str(site / "book"),
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(site),
+           "--path-output", str(site / "book"),
            "--all"]
     if warnings_as_errors:
         cmd += ["-W", "-n", "--keep-going"]

@@ -260,11 +260,13 @@ CLAIMS: tuple[Claim, ...] = (
             "on a small network the positive backward pass reaches the randomized weights")
       for label, name in (("rectgrad", "RectGrad"), ("lrp_alpha1_beta0", "LRP-α1β0"), ("lrp_zplus", "LRP-z⁺"))),
     Claim("khakzar-gradcam-pp-signed", "khakzar2020rethinking",
-          "Keeping the sign restores class sensitivity: signed Grad-CAM++ maps are less class-similar than positive ones.",
+          "Keeping the sign restores class sensitivity: signed Grad-CAM++ maps are less class-similar "
+          "than positive ones.",
           signed_restores("gradcam_pp/signed", "gradcam_pp"), "difference < 0, Holm p < 0.05",
           "the positive weights already separate the classes here"),
     Claim("khakzar-fullgrad-signed", "khakzar2020rethinking",
-          "Keeping the sign restores class sensitivity: signed FullGrad maps are less class-similar than absolute ones.",
+          "Keeping the sign restores class sensitivity: signed FullGrad maps are less class-similar "
+          "than absolute ones.",
           signed_restores("fullgrad/signed", "fullgrad"), "difference < 0, Holm p < 0.05",
           "the absolute terms already separate the classes here"),
     Claim("gupta-gradient", "gupta2022new", "Gradient maps are sound but incomplete.",
@@ -344,3 +346,19 @@ def _why(parts: list[Part], claim: Claim) -> str:
 def verdict_counts(card: pd.DataFrame) -> dict[str, int]:
     """How many claims got each verdict (every verdict listed, zeros included)."""
     return {v: int((card.verdict == v).sum()) for v in VERDICTS}
+
+
+def scorecard_markdown(card: pd.DataFrame, *, name: str = "tab-scorecard") -> str:
+    """The scorecard as a MyST ``list-table`` (citations as ``{cite:t}`` roles) for a chapter to include."""
+    def cell(text: str) -> str:
+        return " ".join(str(text).split()) or "–"
+
+    lines = [f"```{{list-table}} The scorecard: each claim, its source, the rule that judges it, our number "
+             "(mean [95 % interval]; for contrasts the Holm-corrected p), the verdict, and why.",
+             ":header-rows: 1", f":name: {name}", ":widths: 28 12 16 20 10 14", "",
+             "* - Claim", "  - Source", "  - Rule", "  - Our number", "  - Verdict", "  - Why"]
+    for row in card.itertuples():
+        source = f"{{cite:t}}`{row.source}`" if row.source else "this book"
+        lines += [f"* - {cell(row.claim)}", f"  - {source}", f"  - {cell(row.rule)}", f"  - {cell(row.number)}",
+                  f"  - **{row.verdict}**", f"  - {cell(row.why)}"]
+    return "\n".join(lines + ["```", ""])

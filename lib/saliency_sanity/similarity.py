@@ -383,8 +383,9 @@ def similarity(a: torch.Tensor, b: torch.Tensor, metric: str = "spearman_abs", *
       min-max scaled to [0, 1] (:func:`normalize_abs`) for ``spearman_abs`` (as Adebayo et al.'s
       code does for its rank correlation of absolute maps), ``ssim`` and ``hog`` (their code takes
       SSIM and HOG on the min-max scaled *signed* map instead: ``"minmax"``); signed maps sum_c E_c
-      divided by the 99th percentile of their magnitude and clipped to [-1, 1] (:func:`normalize_signed`) for ``spearman``; signed maps divided by
-      max|.| (:func:`normalize_max_abs`) for ``ssim_signflip`` and ``cosine``. Option
+      divided by the 99th percentile of their magnitude and clipped to [-1, 1]
+      (:func:`normalize_signed`) for ``spearman``; signed maps divided by max|.|
+      (:func:`normalize_max_abs`) for ``ssim_signflip`` and ``cosine``. Option
       ``percentile`` (default 99) moves the clipping point.
     - ``"max_abs"``: every map divided by max|.| (Khakzar et al.'s CVPR 2021 code); absolute maps
       sum_c |E_c| / max for ``spearman_abs``, ``ssim`` and ``hog``.

@@ -12,6 +12,7 @@ A NaN value is an undefined similarity (e.g. a constant map); such rows are drop
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Sequence
 
@@ -146,6 +147,15 @@ def _split_units(frame: pd.DataFrame, value: str, unit: str | None, order: list[
     return [g[value].to_numpy(float) for _, g in frame.groupby(unit, sort=True, dropna=False)]
 
 
+def _content_key(units: list[np.ndarray]) -> str:
+    """A digest of the values by unit: the same data draws the same bootstrap, however it was grouped."""
+    digest = hashlib.blake2b(digest_size=16)
+    for values in units:
+        digest.update(np.ascontiguousarray(values, dtype=float).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
 def _n_units(frame: pd.DataFrame, unit: str | None) -> int:
     if frame.empty:
         return 0
@@ -164,8 +174,9 @@ def bootstrap_intervals(frame: pd.DataFrame, by: Sequence[str], *, value: str = 
     column is absent, 0 when no value is defined). Units are ``levels[0]``; the other levels only
     name the rows and must be unique within a unit and group (ValueError naming the duplicated
     keys otherwise). A level column absent from the frame counts as one unit. Each group draws from
-    ``keyed_seed(seed, "bootstrap", *key)``, so its numbers do not depend on the order of the rows
-    or on which other groups the frame holds.
+    ``keyed_seed(seed, "bootstrap", digest of its values by unit)``: its numbers depend neither on
+    the order of the rows, nor on the other groups, nor on how the same rows were grouped (two
+    chapters grouping one quantity differently print one interval).
     """
     by = list(by)
     _require(frame, by + [value])
@@ -177,9 +188,9 @@ def bootstrap_intervals(frame: pd.DataFrame, by: Sequence[str], *, value: str = 
     for key, group in _groups(frame, by):
         _refuse_duplicates(group, named, f"in group {dict(zip(by, key))}")
         defined = group[group[value].notna()]
-        mean, low, high = bootstrap_mean(
-            _split_units(defined, value, unit, present), n_boot=n_boot, confidence=confidence,
-            seed=keyed_seed(seed, "bootstrap", *map(_key_part, key)))
+        units = _split_units(defined, value, unit, present)
+        mean, low, high = bootstrap_mean(units, n_boot=n_boot, confidence=confidence,
+                                         seed=keyed_seed(seed, "bootstrap", _content_key(units)))
         rows.append((*key, mean, low, high, len(defined), len(group) - len(defined), _n_units(defined, unit)))
     columns = by + ["mean", "low", "high", "n", "undefined", "n_units"]
     return pd.DataFrame(rows, columns=columns).astype({"n": int, "undefined": int, "n_units": int})
