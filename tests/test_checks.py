@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from saliency_sanity.checks import (PAPER_METHODS, class_sensitivity, data_randomization_test, method_requests,
-                                    paper_methods,
-                                    positive_handling_summary, randomization_test)
+                                    paper_methods, randomization_test)
 from saliency_sanity.methods.many import attribute_many
 from saliency_sanity.models import build_model
 from saliency_sanity.randomization import randomized
@@ -138,36 +137,6 @@ def test_class_sensitivity_table(vgg, x):
 def test_unknown_metric_is_rejected(vgg, x):
     with pytest.raises(ValueError, match="unknown metric 'pearson'"):
         randomization_test(vgg, x, ["gradient"], metrics=["pearson"], progress=False)
-
-
-def test_positive_handling_summary_marks_pass_and_fail():
-    rand = pd.DataFrame({"label": ["a", "a", "b", "b"], "method": ["a", "a", "b", "b"], "variant": "default",
-                         "stage": [0, 3, 0, 3], "metric": "spearman_abs", "value": [1.0, 0.1, 1.0, 0.9]})
-    cls = pd.DataFrame({"label": ["a", "b"], "method": ["a", "b"], "variant": "default", "pair": "top1 vs bottom1",
-                        "metric": "spearman_abs", "value": [0.2, 0.95]})
-    out = positive_handling_summary(rand, cls, threshold=0.5).set_index(["label", "test"])
-    assert out.loc[("a", "randomization"), "passed"] and not out.loc[("b", "randomization"), "passed"]
-    assert math.isclose(out.loc[("b", "class: top1 vs bottom1"), "mean"], 0.95)
-    assert (out["undefined"] == 0).all() and out.loc[("a", "randomization"), "cell"] == "0.10 ✓"
-
-
-def test_positive_handling_summary_never_fails_a_method_on_undefined_pairs():
-    """Constant maps give NaN similarities: counted, left out of the mean, and no verdict when
-    nothing is defined (an all-NaN mean must not read as 'fails')."""
-    nan = float("nan")
-    rand = pd.DataFrame({"label": ["a"] * 3 + ["b"] * 3, "method": ["a"] * 3 + ["b"] * 3, "variant": "default",
-                         "stage": [0, 3, 3] * 2, "metric": "spearman_abs", "value": [1.0, 0.2, nan, 1.0, nan, nan]})
-    cls = pd.DataFrame({"label": ["a", "a", "b"], "method": ["a", "a", "b"], "variant": "default",
-                        "pair": "top1 vs bottom1", "metric": "spearman_abs", "value": [0.9, 0.7, nan]})
-    out = positive_handling_summary(rand, cls, threshold=0.5).set_index(["label", "test"])
-    a_rand, b_rand = out.loc[("a", "randomization")], out.loc[("b", "randomization")]
-    assert (a_rand["defined"], a_rand["undefined"], a_rand["mean"]) == (1, 1, 0.2) and a_rand["passed"]
-    assert a_rand["cell"] == "0.20 ✓ (1/2 undefined)"
-    assert b_rand["undefined"] == 2 and b_rand["passed"] is pd.NA
-    assert b_rand["cell"] == "undefined (2/2 constant maps)"
-    a_cls = out.loc[("a", "class: top1 vs bottom1")]
-    assert not a_cls["passed"] and a_cls["cell"] == "0.80 ± 0.14 ✗"
-    assert out.groupby("test").passed.sum().to_dict() == {"class: top1 vs bottom1": 0, "randomization": 1}
 
 
 def test_data_randomization_compares_two_models(vgg, x):

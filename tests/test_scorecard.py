@@ -102,3 +102,24 @@ def test_localized_share(share, expected):
     card = _card({"mitigation": frame}, {"datta-localized"})
     assert card.loc["datta-localized", "verdict"] == expected
     assert card.loc["datta-localized", "verdict"] in VERDICTS
+
+
+@pytest.mark.parametrize("low, high, word", [(0.25, 0.4, "similar"), (-0.1, 0.1, "changed"), (np.nan, 0.1, "undefined")])
+def test_similar_or_changed(low, high, word):
+    assert sc.similar_or_changed(low, high) == word
+    assert sc.similar_or_changed(0.1, 0.3).startswith("neither")
+
+
+def test_interval_text_never_prints_nan():
+    from saliency_sanity.statistics import interval_text
+
+    assert interval_text(0.123, 0.05, 0.2) == "+0.12 [+0.05, +0.20]"
+    assert interval_text(np.nan, np.nan, np.nan) == "–"
+    assert "nan" not in interval_text(np.nan, np.nan, np.nan, words=True)
+    assert interval_text(0.1, np.nan, np.nan, words=True).startswith("+0.10 (too few")
+
+
+def test_glue_key_joins_parts_with_one_underscore():
+    from saliency_sanity.chapter import glue_key
+
+    assert glue_key("cs", "vgg", "top1 vs bottom1", "gradcam/positive") == "cs_vgg_top1_vs_bottom1_gradcam_positive"

@@ -392,30 +392,6 @@ def pair_name(a, b) -> str:
     return f"{_target_name(a)} vs {_target_name(b)}"
 
 
-def positive_handling_summary(randomization: pd.DataFrame, sensitivity: pd.DataFrame, *,
-                              threshold: float = 0.5) -> pd.DataFrame:
-    """One row per method x test: mean and std similarity and pass/fail (the tests of Khakzar et al. 2020).
-
-    ``randomization``: rows of :func:`randomization_test` (its last stage is used: every layer
-    randomized); ``sensitivity``: rows of :func:`class_sensitivity`. A method passes a test when
-    the mean similarity is below ``threshold``: its map changed with the model or with the class.
-
-    A similarity is undefined (NaN) when one of the two maps is constant, typically a Grad-CAM map
-    that ReLU empties for the least likely class. Those pairs are counted in ``undefined`` and left
-    out of the mean; when no pair of a method is defined its verdict ``passed`` is missing (``<NA>``),
-    never a fail, and ``cell`` says why.
-    """
-    last = randomization[randomization.stage == randomization.stage.max()].assign(test="randomization")
-    parts = [last, *(g.assign(test=f"class: {pair}") for pair, g in sensitivity.groupby("pair"))]
-    both = pd.concat(parts, ignore_index=True)
-    out = similarity_means(both, ["label", "method", "variant", "test", "metric"])
-    out["passed"] = pd.array([pd.NA if n == 0 else bool(m < threshold) for m, n in zip(out["mean"], out["defined"])],
-                             dtype="boolean")
-    out["cell"] = [_summary_cell(*row) for row in zip(out["mean"], out["std"], out["defined"], out["undefined"],
-                                                      out["passed"])]
-    return out
-
-
 def similarity_means(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     """Mean and std of ``value`` per group over the pairs where the similarity is defined, with the
     counts ``defined`` and ``undefined`` (NaN: a pair with a constant map, see :func:`similarity`),
@@ -428,16 +404,6 @@ def similarity_means(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
         if column in frame:
             out[column] = groups[column].mean()
     return out.reset_index()
-
-
-def _summary_cell(mean: float, std: float, defined: int, undefined: int, passed) -> str:
-    """``"0.42 ± 0.10 ✓"``, with the share of undefined pairs when there are any."""
-    total = defined + undefined
-    if defined == 0:
-        return f"undefined ({undefined}/{total} constant maps)"
-    spread = f" ± {std:.2f}" if defined > 1 else ""
-    note = f" ({undefined}/{total} undefined)" if undefined else ""
-    return f"{mean:.2f}{spread} {'✓' if passed else '✗'}{note}"
 
 
 def data_randomization_test(model: nn.Module, random_label_model: nn.Module, x: torch.Tensor, methods: Iterable, *,

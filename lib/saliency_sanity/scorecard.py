@@ -27,6 +27,15 @@ PAIR = "top1 vs bottom1"  # Khakzar et al.'s class pair
 ALPHA = 0.05  # a contrast counts when its Holm-corrected Wilcoxon p is below it
 
 Tables = Mapping[str, pd.DataFrame]
+
+
+def similar_or_changed(low: float, high: float) -> str:
+    """The rule in words for an excess interval: "similar" above :data:`SIMILAR`, "changed" below."""
+    if low != low or high != high:
+        return "undefined"
+    return ("similar" if low > SIMILAR else "changed" if high < SIMILAR else
+            f"neither similar nor changed, its interval containing {SIMILAR:g}")
+
 # how the scorecard names its sources (the book's chapters cite them with these bibliography keys)
 SOURCE_NAMES = {"adebayo2018sanity": "Adebayo et al. (2018)", "khakzar2020rethinking": "Khakzar et al. (2020)",
                 "gupta2022new": "Gupta et al. (2022)", "datta2023measuring": "Datta et al. (2023)", "": "this book"}

@@ -305,12 +305,16 @@ def verdict(low: float, high: float, *, claim: str, bound: float) -> str:
     return "reproduced" if high < bound else "not reproduced" if low >= bound else "partly"
 
 
-def interval_text(mean: float, low: float, high: float) -> str:
-    """``"+0.12 [+0.05, +0.20]"``: a mean with its interval as the book prints it (``"–"`` when undefined)."""
+def interval_text(mean: float, low: float, high: float, *, words: bool = False) -> str:
+    """``"+0.12 [+0.05, +0.20]"``: a mean with its interval as the book prints it, never a NaN.
+
+    An undefined mean prints ``"–"`` (``words``: "undefined (no image gives two non-constant maps)"),
+    a mean without an interval only the mean (``words``: with "(too few defined values for an interval)").
+    """
     if mean != mean:  # NaN: no defined value
-        return "–"
+        return "undefined (no image gives two non-constant maps)" if words else "–"
     if low != low or high != high:
-        return f"{mean:+.2f}"
+        return f"{mean:+.2f}" + (" (too few defined values for an interval)" if words else "")
     return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
