@@ -21,6 +21,10 @@ from .statistics import (VERDICTS, bootstrap_difference, bootstrap_intervals, bo
 # maps "similar", below it "changed". Fixed before any number of this edition was seen: the smallest
 # rank correlation conventionally called more than weak.
 SIMILAR = 0.2
+# "a high similarity" of raw values (Input x Gradient, IG keep the input's structure): above this
+HIGH = 0.5
+UNSTABLE_SHARE = 0.01  # "a significant fraction" of inputs change label across seeds: at least 1 in 100
+ENSEMBLE_SHARE = 0.9  # Datta et al.'s abstract: "within 90% of the gold standard, achieved by ensembling"
 METRIC = "spearman_abs"
 READING = "top"  # the claims are about the top layers (Adebayo et al. Sec. 4; Sixt et al.)
 PAIR = "top1 vs bottom1"  # Khakzar et al.'s class pair
@@ -164,7 +168,8 @@ def ablation_difference(metric: str, claim: str):
 def unstable_share(t: Tables) -> list[Part]:
     inst = t["instability"]
     values = (inst.label_entropy > 0).astype(float).to_numpy()
-    return [_mean_part(values, "share of test images whose label changes across seeds", ">", 0.01, "unstable")]
+    return [_mean_part(values, "share of test images whose label changes across seeds", ">", UNSTABLE_SHARE,
+                       "unstable")]
 
 
 def unstable_less_accurate(t: Tables) -> list[Part]:
@@ -195,7 +200,7 @@ def localized_share(t: Tables) -> list[Part]:
     bootstrap over test images (the same images resampled for all three predictors)."""
     m = t["mitigation"].pivot(index="sample", columns="mitigation", values="unstable").astype(float)
     if not {"none", "localized_distillation", "ensemble"} <= set(m.columns):
-        return [Part("vgg", "share of the ensemble's reduction", np.nan, np.nan, np.nan, 0, ">", 0.9)]
+        return [Part("vgg", "share of the ensemble's reduction", np.nan, np.nan, np.nan, 0, ">", ENSEMBLE_SHARE)]
     none, local, ens = (m[c].to_numpy() for c in ("none", "localized_distillation", "ensemble"))
 
     def share(i):
@@ -204,7 +209,7 @@ def localized_share(t: Tables) -> list[Part]:
 
     estimate, low, high = bootstrap_statistic(share, len(none), seed=keyed_seed(0, "scorecard", "localized"))
     return [Part("vgg", "share of the ensemble's reduction of unstable images", estimate, low, high,
-                 len(none), ">", 0.9)]
+                 len(none), ">", ENSEMBLE_SHARE)]
 
 
 def agreement_lower_on_unstable(t: Tables) -> list[Part]:
@@ -222,61 +227,61 @@ def agreement_lower_on_unstable(t: Tables) -> list[Part]:
 _CHANGED = "a change of the model's output does not reach the map's ranks beyond the shared support"
 CLAIMS: tuple[Claim, ...] = (
     Claim("adebayo-gradient", "adebayo2018sanity", "Gradient maps change once the top layers are randomized.",
-          randomization("gradient", "<"), "excess < 0.2 after top-half randomization", _CHANGED),
+          randomization("gradient", "<"), f"excess < {SIMILAR:g} after top-half randomization", _CHANGED),
     Claim("adebayo-gradcam", "adebayo2018sanity", "Grad-CAM maps change once the top layers are randomized.",
-          randomization("gradcam", "<"), "excess < 0.2 after top-half randomization", _CHANGED),
+          randomization("gradcam", "<"), f"excess < {SIMILAR:g} after top-half randomization", _CHANGED),
     Claim("adebayo-guided-backprop", "adebayo2018sanity",
           "Guided Backprop maps stay similar when the top layers are randomized.",
-          randomization("guided_backprop", ">"), "excess > 0.2 after top-half randomization",
+          randomization("guided_backprop", ">"), f"excess > {SIMILAR:g} after top-half randomization",
           "on a small network the guided backward pass reaches the randomized layers' weights"),
     Claim("adebayo-guided-gradcam", "adebayo2018sanity",
           "Guided Grad-CAM maps stay similar when the top layers are randomized.",
-          randomization("guided_gradcam", ">"), "excess > 0.2 after top-half randomization",
+          randomization("guided_gradcam", ">"), f"excess > {SIMILAR:g} after top-half randomization",
           "its Grad-CAM factor changes with the top layers and masks the guided part"),
     Claim("adebayo-input-x-gradient", "adebayo2018sanity",
           "Input × Gradient keeps a high similarity of absolute maps under randomization, because of the input.",
-          randomization("input_x_gradient", ">", column="value", bound=0.5),
-          "Spearman (abs) > 0.5 after top-half randomization", "the input's zeros do not dominate the ranks"),
+          randomization("input_x_gradient", ">", column="value", bound=HIGH),
+          f"Spearman (abs) > {HIGH:g} after top-half randomization", "the input's zeros do not dominate the ranks"),
     Claim("adebayo-integrated-gradients", "adebayo2018sanity",
           "Integrated Gradients keeps a high similarity of absolute maps under randomization, because of the input.",
-          randomization("integrated_gradients", ">", column="value", bound=0.5),
-          "Spearman (abs) > 0.5 after top-half randomization", "the input's zeros do not dominate the ranks"),
+          randomization("integrated_gradients", ">", column="value", bound=HIGH),
+          f"Spearman (abs) > {HIGH:g} after top-half randomization", "the input's zeros do not dominate the ranks"),
     Claim("adebayo-data-gradient", "adebayo2018sanity",
           "Gradient maps of a model trained on permuted labels differ from the true-label model's.",
-          data_randomization("gradient", "<"), "excess < 0.2, true vs permuted labels",
+          data_randomization("gradient", "<"), f"excess < {SIMILAR:g}, true vs permuted labels",
           "both models share the same images' edges, which the gradient follows"),
     Claim("adebayo-data-guided-backprop", "adebayo2018sanity",
           "Guided Backprop maps of a model trained on permuted labels stay similar to the true-label model's.",
-          data_randomization("guided_backprop", ">"), "excess > 0.2, true vs permuted labels",
+          data_randomization("guided_backprop", ">"), f"excess > {SIMILAR:g}, true vs permuted labels",
           "the two models' weights differ enough to reach the guided maps"),
     Claim("khakzar-gradcam-pp-class", "khakzar2020rethinking",
           "Positive aggregation makes Grad-CAM++ maps insensitive to the explained class.",
-          class_pair("gradcam_pp", ">"), "excess > 0.2, top-1 vs least likely class",
+          class_pair("gradcam_pp", ">"), f"excess > {SIMILAR:g}, top-1 vs least likely class",
           "the positive channel weights still differ between classes on this model"),
     Claim("khakzar-fullgrad-class", "khakzar2020rethinking",
           "Absolute aggregation makes FullGrad maps insensitive to the explained class.",
-          class_pair("fullgrad", ">"), "excess > 0.2, top-1 vs least likely class",
+          class_pair("fullgrad", ">"), f"excess > {SIMILAR:g}, top-1 vs least likely class",
           "the bias-gradient terms differ between classes on this model"),
     *(Claim(f"khakzar-{label}-class", "khakzar2020rethinking",
             f"Positive propagation makes {name} maps insensitive to the explained class.",
-            class_pair(label, ">"), "excess > 0.2, top-1 vs least likely class",
+            class_pair(label, ">"), f"excess > {SIMILAR:g}, top-1 vs least likely class",
             "on a small network the positive backward pass still carries the class")
       for label, name in (("guided_backprop", "Guided Backprop"), ("rectgrad", "RectGrad"),
                           ("lrp_alpha1_beta0", "LRP-α1β0"), ("lrp_zplus", "LRP-z⁺"))),
     *(Claim(f"khakzar-{label}-randomization", "khakzar2020rethinking",
             f"Positive propagation makes {name} maps insensitive to parameter randomization.",
-            randomization(label, ">"), "excess > 0.2 after top-half randomization",
+            randomization(label, ">"), f"excess > {SIMILAR:g} after top-half randomization",
             "on a small network the positive backward pass reaches the randomized weights")
       for label, name in (("rectgrad", "RectGrad"), ("lrp_alpha1_beta0", "LRP-α1β0"), ("lrp_zplus", "LRP-z⁺"))),
     Claim("khakzar-gradcam-pp-signed", "khakzar2020rethinking",
           "Keeping the sign restores class sensitivity: signed Grad-CAM++ maps are less class-similar "
           "than positive ones.",
-          signed_restores("gradcam_pp/signed", "gradcam_pp"), "difference < 0, Holm p < 0.05",
+          signed_restores("gradcam_pp/signed", "gradcam_pp"), f"difference < 0, Holm p < {ALPHA:g}",
           "the positive weights already separate the classes here"),
     Claim("khakzar-fullgrad-signed", "khakzar2020rethinking",
           "Keeping the sign restores class sensitivity: signed FullGrad maps are less class-similar "
           "than absolute ones.",
-          signed_restores("fullgrad/signed", "fullgrad"), "difference < 0, Holm p < 0.05",
+          signed_restores("fullgrad/signed", "fullgrad"), f"difference < 0, Holm p < {ALPHA:g}",
           "the absolute terms already separate the classes here"),
     Claim("gupta-gradient", "gupta2022new", "Gradient maps are sound but incomplete.",
           both(soundness_difference("soundness", "gradient", "control: gradient, class-agnostic", ">"),
@@ -294,7 +299,7 @@ CLAIMS: tuple[Claim, ...] = (
           "on 28×28 images a 7×7 mask is already smooth"),
     Claim("datta-unstable", "datta2023measuring",
           "Retraining with another seed changes the prediction of a significant fraction of inputs.",
-          unstable_share, "share > 1 % of the test images", "a small network on an easy task"),
+          unstable_share, f"share > {UNSTABLE_SHARE:.0%} of the test images", "a small network on an easy task"),
     Claim("datta-singles-out", "datta2023measuring",
           "Label entropy across runs singles out the inputs the models get wrong.",
           unstable_less_accurate, "accuracy higher on stable than on unstable images",
@@ -303,7 +308,7 @@ CLAIMS: tuple[Claim, ...] = (
           temporal_predicts, "Spearman > 0", "too few epochs for the within-run entropy to vary"),
     Claim("datta-localized", "datta2023measuring",
           "Localized mitigation comes within 90 % of the ensemble's reduction of instability.",
-          localized_share, "share > 0.9", "too few unstable images flagged in short runs"),
+          localized_share, f"share > {ENSEMBLE_SHARE:g}", "too few unstable images flagged in short runs"),
     Claim("own-fixed-class-agreement", "",
           "Map agreement across seeds is lower on unstable inputs, also for a fixed (true) class.",
           agreement_lower_on_unstable, "difference > 0", "the map's instability does not follow the prediction's"),
