@@ -1,4 +1,5 @@
 """The whole pipeline once: papermill runs every notebook (smoke profile) and Jupyter Book builds."""
+import re
 from pathlib import Path
 
 import nbformat
@@ -20,8 +21,6 @@ def test_reproduce_smoke_builds_the_book_with_figures(smoke_site):
     html = smoke_site / "book" / "_build" / "html"
     assert (html / "index.html").is_file()
     models = (html / "book" / "models.html").read_text()
-    import re
-
     assert "models_training.png" in models and re.search(r"Figure \d+", models)  # numbered (the number moves)
     assert (html / "_images" / "models_training.png").is_file()
     executed = nbformat.read(smoke_site / "book" / "generated" / "00_models.ipynb", as_version=4)
@@ -46,8 +45,6 @@ def test_every_toc_notebook_was_executed(smoke_site):
 
 @pytest.mark.slow
 def test_every_figure_the_chapters_cite_was_produced(smoke_site):
-    import re
-
     cited = set()
     for chapter in (ROOT / "book").glob("*.md"):
         cited |= set(re.findall(r"figures/([\w.-]+\.png)", chapter.read_text()))
@@ -62,7 +59,6 @@ def test_every_figure_the_chapters_cite_was_produced(smoke_site):
 def test_no_page_prints_nan_none_or_na(smoke_site):
     """A computed sentence must never show a missing number: scan the visible text of every built page."""
     import html as html_lib
-    import re
 
     site = smoke_site / "book" / "_build" / "html"
     # "None of ..." is English; a bare None is a Python value that leaked into the text
