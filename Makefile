@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 PROFILE ?= default
 # `make book FORCE=1` re-executes every notebook; by default only those whose inputs changed run
 FORCE ?=
+# the peer of the repaired randomization tests (sMPRT, eMPRT): a test-only dependency, see install
+QUANTUS := quantus==0.6.0
 export SALIENCY_SANITY_CACHE ?= $(CURDIR)/.cache
 # pip on this kind of machine prints one warning per missing local index entry; keep logs readable
 PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
@@ -19,7 +21,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip $(PIP_QUIET)
 	$(PY) -m pip install -q -e ".[all]" $(PIP_QUIET)
-	$(PY) -c "import saliency_sanity, torch, torchvision, papermill, captum, zennit, pytorch_grad_cam"
+	# Quantus (the repaired randomization tests are tested against it) without its declared
+	# opencv-python: grad-cam's opencv-python-headless already provides cv2, and two OpenCV wheels
+	# writing one cv2/ folder break each other. Its other requirements are in [all] already.
+	$(PY) -m pip install -q --no-deps "$(QUANTUS)" cachetools $(PIP_QUIET)
+	$(PY) -c "import saliency_sanity, torch, torchvision, papermill, captum, zennit, pytorch_grad_cam, quantus"
 	touch $@
 
 install: $(VENV)/.installed
@@ -67,7 +73,6 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install
-	$(PY) -m pip install -q -e ".[all,bench]" $(PIP_QUIET)
 	$(PY) benchmarks/methods.py --model vgg --csv benchmarks/results/methods_vgg_cpu.csv
 	$(PY) benchmarks/methods.py --model resnet --csv benchmarks/results/methods_resnet_cpu.csv
 	$(PY) benchmarks/randomization.py --model vgg --csv benchmarks/results/randomization_vgg_cpu.csv
