@@ -100,3 +100,25 @@ def test_scorecard_forest_is_legible():
                                               ("stem.conv,stem.bn", "stem"), ("a.x,b.y", "a.x +1")])
 def test_stage_label(layers, expected):
     assert plotting.stage_label(layers) == expected
+
+
+def test_method_interval_columns_are_legible():
+    from saliency_sanity.readings import MPRT_TEST_NAMES
+
+    rng = np.random.default_rng(1)
+    rows = [{"arch": arch, "test": test, "label": label, "handling": handling(label), "mean": m,
+             "low": m - 0.1, "high": m + 0.1}
+            for arch in ("vgg", "resnet") for test in MPRT_TEST_NAMES for label, *_ in PAPER_METHODS
+            for m in [rng.uniform(-1, 1)]]
+    fig = plotting.interval_columns(pd.DataFrame(rows), col="test", titles=MPRT_TEST_NAMES)
+    assert len({round(ax.get_position().y0, 3) for ax in fig.axes}) == 2
+    small = [t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_text().strip() and t.get_fontsize() < 9]
+    assert not small, small[:5]
+    _check(fig)
+
+
+def test_method_interval_columns_refuse_a_third_row():
+    frame = pd.DataFrame([{"arch": a, "test": "mprt", "label": "gradient", "handling": "signed propagation",
+                           "mean": 0.0, "low": -0.1, "high": 0.1} for a in ("a", "b", "c")])
+    with pytest.raises(ValueError, match="at most two rows"):
+        plotting.interval_columns(frame, col="test")

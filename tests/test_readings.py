@@ -47,3 +47,71 @@ def test_readings_refuse_missing_stages_and_other_modes():
         randomization_readings(frame[frame.stage != 2])
     with pytest.raises(ValueError, match="mode='cascading'"):
         randomization_readings(frame.assign(mode="independent"))
+
+
+def _scores(sensitivities: dict, seeds=(0, 1), images=range(6), noise=0.0, seed=0):
+    """A mprt_scores-shaped table: each test's per-method sensitivity plus seeded noise per unit."""
+    from saliency_sanity.readings import MPRT_TESTS
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for test, per_label in sensitivities.items():
+        for label, s in per_label.items():
+            for sd in seeds:
+                for i in images:
+                    value = s + noise * rng.standard_normal()
+                    rows.append({"arch": "vgg", "seed": sd, "image": i, "label": label, "handling": "x",
+                                 "test": test, "sensitivity": value, "score": value * MPRT_TESTS[test]})
+    return pd.DataFrame(rows)
+
+
+def test_ranking_agreement_is_one_for_the_same_ranking_and_minus_one_for_the_reverse():
+    from saliency_sanity.readings import ranking_agreement
+
+    labels = [f"m{i}" for i in range(6)]
+    same = {lab: i for i, lab in enumerate(labels)}
+    table = _scores({"mprt": same, "smooth_mprt": {k: 10 * v + 3 for k, v in same.items()},
+                     "efficient_mprt": {k: -v for k, v in same.items()}})
+    alike = ranking_agreement(table, "mprt", "smooth_mprt").iloc[0]
+    assert alike.rho == pytest.approx(1.0) and alike.low == pytest.approx(1.0) and alike.high == pytest.approx(1.0)
+    assert alike.n_units == 12 and alike.n_methods == 6
+    reverse = ranking_agreement(table, "mprt", "efficient_mprt").iloc[0]
+    assert reverse.rho == pytest.approx(-1.0)
+
+
+def test_ranking_agreement_interval_widens_with_noise_and_is_seeded():
+    from saliency_sanity.readings import ranking_agreement
+
+    labels = {f"m{i}": i * 0.1 for i in range(6)}
+    table = _scores({"mprt": labels, "smooth_mprt": labels}, noise=0.3)
+    a, b = ranking_agreement(table, "mprt", "smooth_mprt"), ranking_agreement(table, "mprt", "smooth_mprt")
+    pd.testing.assert_frame_equal(a, b)
+    row = a.iloc[0]
+    assert row.low < row.rho <= row.high <= 1 and row.high - row.low > 0.05
+
+
+def test_ranking_agreement_needs_both_tests_on_the_same_methods():
+    from saliency_sanity.readings import ranking_agreement
+
+    table = _scores({"mprt": {"a": 1, "b": 2, "c": 3}})
+    with pytest.raises(ValueError, match="both tests"):
+        ranking_agreement(table, "mprt", "smooth_mprt")
+
+
+def test_mprt_scores_read_the_last_stage_and_orient_every_test():
+    from saliency_sanity.readings import mprt_scores
+
+    readings = pd.DataFrame([{"arch": "vgg", "seed": 0, "image": 0, "label": lab, "handling": "h",
+                              "metric": "spearman_abs", "reading": r, "value": v, "excess": v - 0.5}
+                             for lab in ("a", "b") for r, v in (("top", 0.9), ("all", 0.7))])
+    smooth = pd.DataFrame([{"arch": "vgg", "seed": 0, "image": 0, "label": lab, "handling": "h",
+                            "metric": "spearman_abs", "stage": s, "value": v}
+                           for lab in ("a", "b", "only_here") for s, v in ((0, 1.0), (5, 0.25))])
+    efficient = pd.DataFrame([{"arch": "vgg", "seed": 0, "image": 0, "label": lab, "handling": "h", "value": 0.4}
+                              for lab in ("a", "b")])
+    out = mprt_scores(readings, smooth, efficient).set_index(["test", "label"])
+    assert set(out.index.get_level_values("label")) == {"a", "b"}  # only methods every test scored
+    assert out.loc[("mprt", "a"), "score"] == 0.7 and out.loc[("mprt", "a"), "sensitivity"] == -0.7
+    assert out.loc[("mprt_excess", "a"), "score"] == pytest.approx(0.2)
+    assert out.loc[("smooth_mprt", "a"), "score"] == 0.25
+    assert out.loc[("efficient_mprt", "b"), "sensitivity"] == 0.4

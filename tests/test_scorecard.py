@@ -123,3 +123,42 @@ def test_glue_key_joins_parts_with_one_underscore():
     from saliency_sanity.chapter import glue_key
 
     assert glue_key("cs", "vgg", "top1 vs bottom1", "gradcam/positive") == "cs_vgg_top1_vs_bottom1_gradcam_positive"
+
+
+def _mprt_scores(orders: dict, labels=8, seeds=(0, 1), images=10, noise=0.02):
+    """Per test, the methods' sensitivities in the given order ("same" as the plain MPRT or "reversed")."""
+    from saliency_sanity.readings import MPRT_TESTS
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for test, order in {"mprt": "same", **orders}.items():
+        for i in range(labels):
+            s = i if order == "same" else labels - i
+            for seed in seeds:
+                for image in range(images):
+                    v = s + noise * rng.standard_normal()
+                    rows.append({"arch": "vgg", "seed": seed, "image": image, "label": f"m{i}", "handling": "h",
+                                 "test": test, "sensitivity": v, "score": v * MPRT_TESTS[test]})
+    return pd.DataFrame(rows)
+
+
+def test_ranking_claims_read_the_rank_correlation():
+    tables = {"mprt_scores": _mprt_scores({"smooth_mprt": "same", "efficient_mprt": "reversed"})}
+    card = _card(tables, {"hedstrom-smooth-ranking", "hedstrom-efficient-ranking"})
+    assert card.loc["hedstrom-smooth-ranking", "verdict"] == "not reproduced"  # the same ranking: rho = 1
+    assert card.loc["hedstrom-efficient-ranking", "verdict"] == "reproduced"  # rho = -1 < SAME_RANKING
+    assert "Likeliest reason" in card.loc["hedstrom-smooth-ranking", "why"]
+
+
+def test_convergence_claims_read_the_first_layer():
+    rng = np.random.default_rng(4)
+    rows = [{"arch": arch, "seed": seed, "image": image, "label": label, "position": position,
+             "value": float(np.clip(v + 0.01 * rng.standard_normal(), 0, 1))}
+            for arch in ("vgg", "resnet") for seed in (0, 1) for image in range(20)
+            for label, first in (("lrp_zplus", 0.98), ("lrp_alpha1_beta0", 0.5), ("gradient", 0.2))
+            for position, v in ((0, first), (3, 0.1))]
+    card = _card({"convergence": pd.DataFrame(rows)},
+                 {"sixt-converge-lrp_zplus", "sixt-converge-lrp_alpha1_beta0", "sixt-gradient-control"})
+    assert card.loc["sixt-converge-lrp_zplus", "verdict"] == "reproduced"
+    assert card.loc["sixt-converge-lrp_alpha1_beta0", "verdict"] == "not reproduced"
+    assert card.loc["sixt-gradient-control", "verdict"] == "reproduced"

@@ -1,10 +1,15 @@
 """saliency-sanity: do gradient-based saliency maps explain a network's prediction?
 
 Methods behind one call (:func:`attribute`), the sanity checks of Adebayo et al. (2018) and
-Khakzar et al. (2020), completeness/soundness of Gupta et al. (2022) and stability across
+Khakzar et al. (2020) with the repaired tests of Hedström et al. (2023), completeness/soundness of Gupta et al. (2022) and stability across
 retraining seeds (after Datta et al. 2023).
 """
+from .checks import class_sensitivity, randomization_test, smooth_mprt
+from .complexity import discrete_entropy
+from .convergence import cosine_convergence
+from .efficient_randomization import efficient_mprt
 from .methods import METHODS, attribute, attribute_many, resolve_targets
 
 __version__ = "0.1.0"
-__all__ = ["METHODS", "attribute", "attribute_many", "resolve_targets", "__version__"]
+__all__ = ["METHODS", "attribute", "attribute_many", "class_sensitivity", "cosine_convergence", "discrete_entropy",
+           "efficient_mprt", "randomization_test", "resolve_targets", "smooth_mprt", "__version__"]

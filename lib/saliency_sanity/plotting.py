@@ -292,3 +292,69 @@ def bars(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None, xlabel:
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig
+
+
+def interval_columns(summary: pd.DataFrame, *, col: str, titles: dict | None = None, row: str = "arch",
+                     label: str = "label") -> plt.Figure:
+    """Each method's mean with its 95 % interval (``mean``, ``low``, ``high`` columns), one panel per
+    ``col`` value (e.g. a test, each on its own x scale) and ``row`` value (at most two rows, e.g. the
+    architectures); methods on one shared y axis, coloured by their handling of gradients."""
+    cols, rows = list(dict.fromkeys(summary[col])), list(dict.fromkeys(summary[row]))
+    if len(rows) > 2:
+        raise ValueError(f"at most two rows of panels, got {len(rows)} values of {row!r}")
+    labels = list(dict.fromkeys(summary.sort_values("handling", kind="stable")[label]))
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.9 * len(cols) + 1.9, 0.2 * len(labels) * len(rows) + 1.6),
+                             squeeze=False, sharey=True, sharex="col")
+    position = {lab: len(labels) - 1 - i for i, lab in enumerate(labels)}
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            ax = axes[i][j]
+            part = summary[(summary[row] == r) & (summary[col] == c)]
+            for p in part.itertuples():
+                y = position[getattr(p, label)]
+                color = HANDLING_PALETTE.get(p.handling, "0.3")
+                ax.plot([p.low, p.high], [y, y], color=color, lw=2)
+                ax.plot(p.mean, y, "o", color=color, ms=3.5)
+            ax.axvline(0, color="0.6", lw=0.6)
+            ax.set_title((titles or {}).get(c, c), fontsize=9)
+            if j == 0:
+                ax.set_ylabel(str(r), fontsize=10)
+            ax.tick_params(axis="x", labelsize=9)
+    axes[0][0].set_yticks(range(len(labels)), list(reversed(labels)), fontsize=9)
+    handles = [plt.Line2D([], [], color=HANDLING_PALETTE[h], lw=2, label=h)
+               for h in dict.fromkeys(summary.handling) if h in HANDLING_PALETTE]
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def convergence_curves(table: pd.DataFrame, *, y: str = "value", hue: str = "label", col: str | None = "arch",
+                       max_rows: int = 2) -> sns.FacetGrid:
+    """Mean cosine similarity of two classes' back-propagated vectors against the layer's distance from
+    the output, with 95 % bootstrap bands, one line per method (Sixt et al. 2020, cosine-similarity
+    convergence: a modified BP method whose line climbs to 1 towards the input forgets the later
+    layers; the gradient stays low). One panel per ``col`` value (``arch``) if that column is present,
+    at most ``max_rows`` rows of panels; the legend sits outside on the right. Undefined (NaN)
+    similarities are skipped."""
+    frame = table[table[y].notna()]
+    col = col if col is not None and col in frame.columns else None
+    panels = frame[col].nunique() if col else 1
+    per_row = -(-panels // max_rows) if panels > max_rows else panels  # ceil: at most max_rows rows
+    grid = sns.relplot(frame, x="depth", y=y, hue=hue, col=col, kind="line", marker="o",
+                       errorbar=("ci", 95), n_boot=200, seed=0, height=2.8, aspect=1.25,
+                       col_wrap=per_row if col and panels > 1 else None, facet_kws={"sharey": True})
+    for ax in grid.axes.flat:
+        ax.axhline(1, color="0.5", lw=0.8, ls=":")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.tick_params(labelsize=9)
+        ax.set_ylim(-0.03 if y == "value" else -1.05, 1.05)
+        ax.title.set_fontsize(10)
+    grid.set_axis_labels("layers from the output (0 = last)", "|cos| of two classes' vectors" if y == "value" else y,
+                         fontsize=10)
+    if col:
+        grid.set_titles("{col_name}")
+    if grid.legend is not None:
+        grid.legend.set_title("method" if hue == "label" else hue)
+        for text in grid.legend.get_texts():
+            text.set_fontsize(9)
+    return grid

@@ -43,6 +43,9 @@ class Profile:
     # trained models per architecture in the randomization and class-sensitivity chapters: their intervals
     # resample these seeds, then images, and each model is randomized with its own seed (>= 3: the scorecard)
     model_seeds: tuple[int, ...] = (0, 1, 2)
+    # noisy copies per map of the smooth MPRT (Hedström et al. 2023; Quantus's default 50, "set based on
+    # ImageNet experiment ... update the value according to your use case"): 10 on 2 CPU cores, 50 in full
+    smprt_samples: int = 10
     device: str = "auto"
 
     def as_dict(self) -> dict:
@@ -53,14 +56,14 @@ PROFILES = {
     "smoke": Profile("smoke", n_train=3_000, epochs=2, seeds=(0, 1), n_images=8, ig_steps=8,
                      smoothgrad_samples=4, permuted_n_train=256, permuted_epochs=8, soundness_images=3,
                      mask_steps=20, stability_n_train=600, stability_epochs=2, stability_images=6,
-                     stability_test_images=500, model_seeds=(0, 1)),
+                     stability_test_images=500, model_seeds=(0, 1), smprt_samples=2),
     # 50 test images x 3 model seeds: 150 explained images per architecture, intervals over seeds and images
     "default": Profile("default", n_train=None, epochs=4, seeds=(0, 1, 2, 3, 4), n_images=50,
                        ig_steps=32, smoothgrad_samples=16),
     "full": Profile("full", n_train=None, epochs=10, seeds=tuple(range(10)), n_images=1000,
                     ig_steps=64, smoothgrad_samples=50, soundness_images=100, soundness_ablation_images=20,
                     stability_n_train=None, stability_epochs=10, stability_images=200,
-                    stability_test_images=None, model_seeds=tuple(range(5))),
+                    stability_test_images=None, model_seeds=tuple(range(5)), smprt_samples=50),
 }
 
 

@@ -29,6 +29,12 @@ METRIC = "spearman_abs"
 READING = "top"  # the claims are about the top layers (Adebayo et al. Sec. 4; Sixt et al.)
 PAIR = "top1 vs bottom1"  # Khakzar et al.'s class pair
 ALPHA = 0.05  # a contrast counts when its Holm-corrected Wilcoxon p is below it
+# Two tests "rank the methods alike" when the Spearman correlation of their method rankings is at least
+# this; fixed, like SIMILAR, before any number of the repaired tests was seen
+SAME_RANKING = 0.9
+# Back-propagated vectors of two classes have "converged" (Sixt et al. 2020) when their cosine at the
+# layer nearest the input is above this (1 = identical direction); fixed before any number was seen
+CONVERGED = 0.9
 
 Tables = Mapping[str, pd.DataFrame]
 
@@ -42,7 +48,9 @@ def similar_or_changed(low: float, high: float) -> str:
 
 # how the scorecard names its sources (the book's chapters cite them with these bibliography keys)
 SOURCE_NAMES = {"adebayo2018sanity": "Adebayo et al. (2018)", "khakzar2020rethinking": "Khakzar et al. (2020)",
-                "gupta2022new": "Gupta et al. (2022)", "datta2023measuring": "Datta et al. (2023)", "": "this book"}
+                "gupta2022new": "Gupta et al. (2022)", "datta2023measuring": "Datta et al. (2023)",
+                "hedstrom2023sanity": "Hedström et al. (2023)", "sixt2020explanations": "Sixt et al. (2020)",
+                "": "this book"}
 
 
 @dataclass(frozen=True)
@@ -223,6 +231,27 @@ def agreement_lower_on_unstable(t: Tables) -> list[Part]:
                  ">", 0.0)]
 
 
+def ranking(a: str, b: str):
+    """How alike tests ``a`` and ``b`` rank the methods (:func:`readings.ranking_agreement`): must be
+    below :data:`SAME_RANKING` for "ranks differently"."""
+    def measure(t: Tables) -> list[Part]:
+        from .readings import ranking_agreement
+
+        rows = ranking_agreement(t["mprt_scores"], a, b)
+        return [Part(r.arch, f"Spearman of the method rankings ({a} vs {b})", r.rho, r.low, r.high,
+                     int(r.n_units), "<", SAME_RANKING) for r in rows.itertuples()]
+    return measure
+
+
+def converged(label: str, claim: str):
+    """Cosine of the back-propagated vectors of two classes at the layer nearest the input (Sixt et al.)."""
+    def measure(t: Tables) -> list[Part]:
+        c = t["convergence"]
+        rows = c[(c.label == label) & (c.position == 0)]
+        return _interval_parts(rows, "value", claim, CONVERGED, "cosine of two classes' vectors at the first layer")
+    return measure
+
+
 # ----------------------------------------------------------------------------------------- the claims
 _CHANGED = "a change of the model's output does not reach the map's ranks beyond the shared support"
 CLAIMS: tuple[Claim, ...] = (
@@ -309,6 +338,23 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("datta-localized", "datta2023measuring",
           "Localized mitigation comes within 90 % of the ensemble's reduction of instability.",
           localized_share, f"share > {ENSEMBLE_SHARE:g}", "too few unstable images flagged in short runs"),
+    Claim("hedstrom-smooth-ranking", "hedstrom2023sanity",
+          "The smooth MPRT ranks the methods differently from the plain MPRT.",
+          ranking("mprt", "smooth_mprt"), f"Spearman of the rankings < {SAME_RANKING:g}",
+          "on 28×28 inputs the maps carry little shattered-gradient noise for the smoothing to remove"),
+    Claim("hedstrom-efficient-ranking", "hedstrom2023sanity",
+          "The efficient MPRT ranks the methods differently from the plain MPRT.",
+          ranking("mprt", "efficient_mprt"), f"Spearman of the rankings < {SAME_RANKING:g}",
+          "the maps that change most under randomization are also those whose histograms spread most"),
+    *(Claim(f"sixt-converge-{label}", "sixt2020explanations",
+            f"{name}'s back-propagated vectors of two classes converge towards the input.",
+            converged(label, ">"), f"cosine > {CONVERGED:g} at the first layer",
+            "too few layers between the logits and the input for the vectors to converge")
+      for label, name in (("lrp_zplus", "LRP-z⁺"), ("lrp_alpha1_beta0", "LRP-α1β0"))),
+    Claim("sixt-gradient-control", "sixt2020explanations",
+          "The gradient's back-propagated vectors of two classes do not converge.",
+          converged("gradient", "<"), f"cosine < {CONVERGED:g} at the first layer",
+          "on a small ReLU network two classes' gradients share most of their active paths"),
     Claim("own-fixed-class-agreement", "",
           "Map agreement across seeds is lower on unstable inputs, also for a fixed (true) class.",
           agreement_lower_on_unstable, "difference > 0", "the map's instability does not follow the prediction's"),
