@@ -224,3 +224,17 @@ def test_other_bad_inputs_are_refused(rgb):
         smooth_mprt(model, x, ["gradient"], order="sideways", progress=False)
     with pytest.raises(ValueError, match="n_samples must be"):
         smooth_mprt_noise(x, 0)
+
+
+def test_methods_with_a_pixel_box_are_refused_before_any_work():
+    from saliency_sanity.checks import input_box
+
+    assert input_box("lrp_zplus") == (0.0, 1.0) and input_box("lrp_composite", {"low": -1.0}) == (-1.0, 1.0)
+    assert input_box("gradient") is None
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"\['lrp_zplus'\] use LRP's z\^B rule"):
+        smooth_mprt(model, x, ["gradient", "lrp_zplus"], n_samples=3, progress=False)
+    # without noise every copy is the input itself: allowed
+    frame = smooth_mprt(model, x, ["lrp_zplus"], n_samples=3, noise_magnitude=0.0, progress=False)
+    assert frame.value.notna().all()

@@ -272,6 +272,16 @@ def randomization_test(model: nn.Module, x: torch.Tensor, methods: Iterable, *, 
                               randomization_options=randomization_options, desc=f"randomization ({mode}, {order})")
 
 
+def input_box(name: str, options: dict | None = None) -> tuple[float, float] | None:
+    """The pixel box [low, high] a method needs its inputs to lie in (LRP's z^B rule on the first layer,
+    Montavon et al. 2017), or None: noisy inputs (the smooth MPRT) leave the box."""
+    defaults = get_method(name).defaults
+    if "low" not in defaults or "high" not in defaults:
+        return None
+    merged = {**defaults, **(options or {})}
+    return float(merged["low"]), float(merged["high"])
+
+
 # Draws of the smooth MPRT's input noise: one generator per image and this purpose (draws.image_generators)
 SMOOTH_NOISE = "smooth_mprt noise"
 
@@ -474,6 +484,12 @@ def smooth_mprt(model: nn.Module, x: torch.Tensor, methods: Iterable, *, n_sampl
     ``sound_mask`` is refused (its draws are per batch). The model is left as it was.
     """
     smoothing = _check_smoothing(n_samples, noise_magnitude)
+    if smoothing.n_samples > 1 and smoothing.noise_magnitude > 0:
+        boxed = [label for label, name, options in method_requests(methods) if input_box(name, options)]
+        if boxed:
+            raise ValueError(f"{boxed} use LRP's z^B rule, defined for pixels inside [low, high]; the smooth MPRT's "
+                             "noisy copies leave that box. Leave these methods out, or pass low= and high= that "
+                             "cover the noisy inputs (checks.input_box says which requests have a box)")
     frame = _randomization_run(model, x, methods, mode=mode, order=order, unit=unit, metrics=metrics,
                                explain=explain, labels=labels, init=init, std=std, seed=seed,
                                batch_size=batch_size, image_ids=image_ids, stages=stages, progress=progress,

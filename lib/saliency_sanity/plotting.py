@@ -208,7 +208,7 @@ def interval_scatter(summary: pd.DataFrame, *, x: str, y: str, xlabel: str, ylab
         ax.set(title=str(panel), xlabel=xlabel)
     axes[0][0].set_ylabel(ylabel)
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -230,10 +230,10 @@ def claims_forest(card: pd.DataFrame) -> plt.Figure:
         ax.plot([p.low, p.high], [y, y], color=color, lw=2.5)
         ax.plot(p.mean, y, "o", color=color, ms=4)
         ax.plot(p.bound, y, "|", color="0.2", ms=9, mew=1.5)
-    ax.set_yticks(range(len(rows)), [name for name, _ in reversed(rows)], fontsize=8)
+    ax.set_yticks(range(len(rows)), [name for name, _ in reversed(rows)], fontsize=9)
     ax.set_xlabel("measured quantity (point: mean; bar: 95 % interval; |: the claim's bound)")
     handles = [plt.Line2D([], [], color=c, lw=2.5, label=v) for v, c in colors.items()]
-    ax.legend(handles=handles, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
+    ax.legend(handles=handles, fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -257,7 +257,7 @@ def insertion_deletion_curves(curves: pd.DataFrame) -> plt.Figure:
     deleted, most salient first, one line per method (Petsiuk et al. 2018, Sec. 4.1). Columns:
     method, curve ("insertion"/"deletion"), fraction, probability."""
     grid = sns.relplot(curves, x="fraction", y="probability", hue="method", col="curve", kind="line",
-                       errorbar=None, height=3.4, aspect=1.1, facet_kws={"sharey": True})
+                       errorbar=None, height=3.4, aspect=1.1, facet_kws={"sharey": True, "sharex": False})
     grid.set_axis_labels("fraction of pixels (most salient first)", "probability of the label")
     return grid.figure
 
@@ -297,9 +297,12 @@ def bars(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None, xlabel:
 def interval_columns(summary: pd.DataFrame, *, col: str, titles: dict | None = None, row: str = "arch",
                      label: str = "label") -> plt.Figure:
     """Each method's mean with its 95 % interval (``mean``, ``low``, ``high`` columns), one panel per
-    ``col`` value (e.g. a test, each on its own x scale) and ``row`` value (at most two rows, e.g. the
-    architectures); methods on one shared y axis, coloured by their handling of gradients."""
+    ``col`` value (e.g. a test, each on its own x scale; in the order of ``titles`` when given) and
+    ``row`` value (at most two rows, e.g. the architectures); methods on one shared y axis, coloured by
+    their handling of gradients."""
     cols, rows = list(dict.fromkeys(summary[col])), list(dict.fromkeys(summary[row]))
+    if titles:  # the titles' order is the panels' order
+        cols = [c for c in titles if c in cols] + [c for c in cols if c not in titles]
     if len(rows) > 2:
         raise ValueError(f"at most two rows of panels, got {len(rows)} values of {row!r}")
     labels = list(dict.fromkeys(summary.sort_values("handling", kind="stable")[label]))
@@ -342,7 +345,7 @@ def convergence_curves(table: pd.DataFrame, *, y: str = "value", hue: str = "lab
     per_row = -(-panels // max_rows) if panels > max_rows else panels  # ceil: at most max_rows rows
     grid = sns.relplot(frame, x="depth", y=y, hue=hue, col=col, kind="line", marker="o",
                        errorbar=("ci", 95), n_boot=200, seed=0, height=2.8, aspect=1.25,
-                       col_wrap=per_row if col and panels > 1 else None, facet_kws={"sharey": True})
+                       col_wrap=per_row if col and panels > 1 else None, facet_kws={"sharey": True, "sharex": False})
     for ax in grid.axes.flat:
         ax.axhline(1, color="0.5", lw=0.8, ls=":")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
