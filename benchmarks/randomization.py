@@ -65,7 +65,7 @@ from methods import no_inplace, timed  # noqa: E402  (benchmarks/ is not a packa
 from saliency_sanity import efficient_mprt  # noqa: E402
 from saliency_sanity.checks import randomization_test, smooth_mprt  # noqa: E402
 from saliency_sanity.models import build_model, default_cam_layer  # noqa: E402
-from saliency_sanity.training import resolve_device  # noqa: E402
+from saliency_sanity.device import resolve_device  # noqa: E402
 
 IG = {"steps": 10, "rule": "riemann_trapezoid"}  # Quantus' fixed IG settings
 SUITE = ["gradient", "input_x_gradient", "integrated_gradients", "guided_backprop", "deconvnet", "gradcam"]

@@ -8,9 +8,9 @@ import torch
 from saliency_sanity.data import synthetic
 import pandas as pd
 
+from saliency_sanity.losses import distillation_targets, prediction_entropy, soft_cross_entropy
 from saliency_sanity.mitigation import (METHOD_OPTIONS, MITIGATIONS, EnsembleModel, compare_to_ensemble,
-                                        distillation_targets, ensemble_predictions, prediction_entropy,
-                                        share_of_ensemble_reduction, soft_cross_entropy, train_mitigated)
+                                        ensemble_predictions, share_of_ensemble_reduction, train_mitigated)
 from saliency_sanity.stability import temporal_label_entropy
 from saliency_sanity.training import TrainConfig, train_model, training_loss
 

@@ -15,7 +15,8 @@ import torch
 from . import plotting
 from .data import ImageSet, load_fashion_mnist
 from .profiles import Profile, get_profile
-from .training import TrainConfig, TrainedModel, resolve_device, train_model, train_profile_models
+from .device import resolve_device
+from .training import TrainConfig, TrainedModel, train_model, train_profile_models
 
 
 def glue_key(*parts) -> str:

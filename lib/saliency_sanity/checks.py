@@ -25,7 +25,6 @@ from .draws import image_generators, image_seeds
 from .guard import preserved
 from .methods import get_method
 from .methods.many import attribute_many
-from .methods.targets import resolve_targets
 from .nulls import foreground_mask, null_seeds, permutation_index, similarity_and_null
 from .randomization import randomized
 from .similarity import SIMILARITY_METRICS
@@ -33,7 +32,6 @@ from .similarity import _check_options as _metric_options
 
 DEFAULT_METRICS = ("spearman_abs", "spearman", "ssim", "hog")
 EXPLAIN_CHOICES = ("current_top1", "original_top1", "label")
-COLUMNS = ["method", "variant", "stage", "layer", "image", "target", "metric", "value", "null", "excess"]
 
 MethodRequest = tuple[str, str, dict]
 

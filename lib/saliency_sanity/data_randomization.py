@@ -15,7 +15,8 @@ from dataclasses import fields, replace
 import torch
 
 from .data import ImageSet
-from .training import (TrainConfig, TrainedModel, predict_logits, resolve_device, train_model, training_labels,
+from .device import resolve_device
+from .training import (TrainConfig, TrainedModel, predict_logits, train_model, training_labels,
                        training_subset)
 
 KINDS = ("true", "permuted")  # the labels each model of a matched pair trains on

@@ -32,7 +32,7 @@ def launched_by_torchrun() -> bool:
 
 def init(device: str = "auto") -> tuple[Ranks, torch.device]:
     """Join the process group when launched by torchrun; the ranks and this process's device."""
-    from .training import resolve_device
+    from .device import resolve_device
 
     if not launched_by_torchrun():
         return Ranks(), resolve_device(device)

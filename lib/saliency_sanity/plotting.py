@@ -44,21 +44,6 @@ def training_curves(history: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def image_grid(images, titles=None, ncols: int = 10, cmap: str = "gray") -> plt.Figure:
-    """A row-major grid of images [N, 1, H, W] or [N, H, W] with optional titles."""
-    images = images.squeeze(1) if images.dim() == 4 else images
-    n = len(images)
-    nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.45 * nrows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < n:
-            ax.imshow(images[i].cpu().numpy(), cmap=cmap)
-            if titles is not None:
-                ax.set_title(titles[i], fontsize=8)
-    fig.tight_layout()
-    return fig
-
 
 def _show_map(ax, m, *, signed: bool | None = None):
     """Signed maps on a diverging colormap centred at 0, non-negative maps on a sequential one;

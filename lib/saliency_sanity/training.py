@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from .cache import (atomic_torch_save, atomic_write_json, cache_root, config_hash, remove_stale_temporary_files,
                     safe_torch_load)
 from .data import ImageSet
-from .mitigation import distillation_targets, prediction_entropy, soft_cross_entropy
+from .device import resolve_device
+from .losses import distillation_targets, prediction_entropy, soft_cross_entropy
 from .models import build_model
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class TrainConfig:
       different seeds see different images). Set it to train several seeds on the same images.
     - ``distill_teacher``: the teacher's config (its hash enters this config's hash); the student
       is trained on the teacher's temporally averaged, temperature-scaled training-set
-      probabilities (Datta et al. 2023, TGTSS), see :func:`saliency_sanity.mitigation.distillation_targets`.
+      probabilities (Datta et al. 2023, TGTSS), see :func:`saliency_sanity.losses.distillation_targets`.
       The teacher records its training logits (set automatically) and must train on the same
       images: same ``n_train`` and, with ``n_train``, the same subset seed.
     - ``distill_temperature`` (T), ``distill_from_epoch`` (first teacher epoch averaged, 1-based),
@@ -193,13 +194,6 @@ class TrainedModel:
         return float(self.history["seconds"].sum())
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def data_fingerprint(data: ImageSet) -> str:
     """A short digest of images and labels, so a different dataset never hits a cached model."""
     h = hashlib.sha256()
@@ -324,7 +318,7 @@ def student_targets(config: TrainConfig, teacher: TrainedModel,
     """The soft labels [N, K] and the distilled-sample mask [N] that ``config``'s student trains on.
 
     Datta et al. (2023), TGTSS: the teacher's training-set probabilities at temperature T averaged
-    over its epochs ``distill_from_epoch``..E (:func:`saliency_sanity.mitigation.distillation_targets`).
+    over its epochs ``distill_from_epoch``..E (:func:`saliency_sanity.losses.distillation_targets`).
     """
     if config.distill_teacher is None:
         raise ValueError("config has no distill_teacher; set it to the teacher's TrainConfig")
@@ -384,9 +378,6 @@ def _one_epoch(model, opt, images, labels, config: TrainConfig, epoch: int, devi
     model.eval()
     return total_loss / len(order), correct / len(order)
 
-
-def with_seed(config: TrainConfig, seed: int) -> TrainConfig:
-    return replace(config, seed=seed)
 
 
 def train_profile_models(profile, *, archs=None, seeds=None, progress: bool = True,

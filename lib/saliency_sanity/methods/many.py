@@ -11,6 +11,7 @@ from .._validation import check_images, check_model
 from ..guard import preserved
 from .cam import _check_cam_layer, fullgrad_from, gradcam_from, gradcam_pp_from, handle
 from .gradients import _target_at, gradient_from, input_x_gradient_from
+from .dispatch import REDUCTIONS, reduce_channels
 from .registry import get_method
 from .shared_pass import biased_layers, run_pass
 
@@ -56,13 +57,6 @@ def _check_options(name: str, options: dict) -> None:
         raise TypeError(f"{name} got unexpected option(s) {sorted(unknown)}; it takes {sorted(accepted)}")
 
 
-def _reduce(maps: torch.Tensor, reduce: str | None) -> torch.Tensor:
-    from . import reduce_channels  # the package imports this module: import at call time
-
-    return reduce_channels(maps, reduce)
-
-
-REDUCTIONS = ("sum", "abs_sum", None)
 SHARED_READERS = ("gradient", "input_x_gradient", "gradcam", "gradcam_pp", "fullgrad")
 
 
@@ -104,8 +98,8 @@ def attribute_many(model: nn.Module, x: torch.Tensor, target="top1", methods: It
             record = run_pass(model, x, target, seed=seed, layers=layers, input_grad=needs_input)
             resolved = record.target
             readers = {
-                "gradient": lambda o: _reduce(gradient_from(record), reduce),
-                "input_x_gradient": lambda o: _reduce(input_x_gradient_from(record), reduce),
+                "gradient": lambda o: reduce_channels(gradient_from(record), reduce),
+                "input_x_gradient": lambda o: reduce_channels(input_x_gradient_from(record), reduce),
                 "gradcam": lambda o: gradcam_from(record, o["layer"], o["aggregation"], o.get("relu", True)),
                 "gradcam_pp": lambda o: gradcam_pp_from(record, o["layer"], o["aggregation"], o.get("relu", True)),
                 "fullgrad": lambda o: fullgrad_from(record, model, o["aggregation"], o.get("normalize", "per_sample")),
@@ -119,7 +113,7 @@ def attribute_many(model: nn.Module, x: torch.Tensor, target="top1", methods: It
                 continue
             spec = get_method(name)
             maps = spec.fn(model, x, resolved, seed=seed, **{**spec.defaults, **opts})
-            out[lab] = _reduce(maps, reduce) if spec.kind == "pixel" else maps
+            out[lab] = reduce_channels(maps, reduce) if spec.kind == "pixel" else maps
     out = {lab: out[lab] for lab, _, _ in requests}
     out["target"] = resolved
     return out
