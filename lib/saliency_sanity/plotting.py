@@ -1,6 +1,7 @@
 """Figure functions shared by every notebook; each figure is saved under a stable name to cite."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import matplotlib
@@ -8,7 +9,17 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
+
+
+def book_style(figure_function):
+    """Draw inside the book's seaborn theme (paper context, white grid) without changing the caller's
+    matplotlib settings: importing the package leaves the global style alone."""
+    @functools.wraps(figure_function)
+    def drawn(*args, **kwargs):
+        with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.1):
+            return figure_function(*args, **kwargs)
+    return drawn
+
 FIGURE_FORMATS = ("png", "svg")
 
 
@@ -28,6 +39,7 @@ def save_figure(fig: plt.Figure, name: str, directory: str | Path = "book/figure
     return paths
 
 
+@book_style
 def training_curves(history: pd.DataFrame) -> plt.Figure:
     """Test accuracy and training loss per epoch, one line per architecture (and seed)."""
     frame = history.copy()
@@ -56,6 +68,7 @@ def _show_map(ax, m, *, signed: bool | None = None):
     return ax.imshow(m.numpy(), cmap="magma", vmin=0, vmax=scale)
 
 
+@book_style
 def map_grid(images, maps: dict, *, row_labels=None, max_rows: int = 10, cell: float = 1.25) -> plt.Figure:
     """Images in the first column, one column per method; rows are images.
 
@@ -94,6 +107,7 @@ def stage_label(layers: str) -> str:
     return heads.pop() if len(heads) == 1 else f"{names[0]} +{len(names) - 1}"
 
 
+@book_style
 def similarity_curves(frame: pd.DataFrame, *, x: str = "stage", hue: str = "label", col: str = "metric",
                       row: str | None = None, xticklabels=None, y: str = "value") -> sns.FacetGrid:
     """Mean similarity to the original map per stage with 95 % bootstrap confidence bands; panels two
@@ -111,6 +125,7 @@ def similarity_curves(frame: pd.DataFrame, *, x: str = "stage", hue: str = "labe
     return grid
 
 
+@book_style
 def similarity_boxes(frame: pd.DataFrame, *, x: str = "label", hue: str = "pair", col: str = "metric",
                      col_wrap: int = 2, dodge: bool = True) -> sns.FacetGrid:
     """Distribution of similarity per method (box plots), one panel per metric. ``dodge=False``
@@ -124,6 +139,7 @@ def similarity_boxes(frame: pd.DataFrame, *, x: str = "label", hue: str = "pair"
     return grid
 
 
+@book_style
 def methods_by_column(image, columns: dict, *, cell: float = 1.1) -> plt.Figure:
     """One image: rows are methods, columns are conditions (stages, explained classes, seeds).
 
@@ -161,6 +177,7 @@ HANDLING_PALETTE = {"signed propagation": "#1b9e77", "positive propagation": "#d
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
 
 
+@book_style
 def interval_scatter(summary: pd.DataFrame, *, x: str, y: str, xlabel: str, ylabel: str, col: str = "arch",
                      reference: float | None = None) -> plt.Figure:
     """One point per method with its 95 % intervals on both axes (``{x,y}_mean/_low/_high`` columns),
@@ -198,6 +215,7 @@ def interval_scatter(summary: pd.DataFrame, *, x: str, y: str, xlabel: str, ylab
     return fig
 
 
+@book_style
 def claims_forest(card: pd.DataFrame) -> plt.Figure:
     """Each claim's parts as a point with its interval against the bound it must clear, coloured by
     the part's verdict: the scorecard at a glance."""
@@ -223,6 +241,7 @@ def claims_forest(card: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@book_style
 def completeness_soundness_scatter(table: pd.DataFrame) -> plt.Figure:
     """Mean completeness (x) vs mean soundness (y) per method (Gupta et al. 2022): a method
     that explains the prediction sits top right; the class-agnostic control shows how much
@@ -237,6 +256,7 @@ def completeness_soundness_scatter(table: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@book_style
 def insertion_deletion_curves(curves: pd.DataFrame) -> plt.Figure:
     """Mean probability of the explained label against the fraction of pixels inserted (kept) or
     deleted, most salient first, one line per method (Petsiuk et al. 2018, Sec. 4.1). Columns:
@@ -247,6 +267,7 @@ def insertion_deletion_curves(curves: pd.DataFrame) -> plt.Figure:
     return grid.figure
 
 
+@book_style
 def labelled_scatter(frame: pd.DataFrame, x: str, y: str, label: str, *, hue: str | None = None,
                      xlabel: str | None = None, ylabel: str | None = None) -> plt.Figure:
     """One annotated point per row (e.g. per method or per mitigation)."""
@@ -259,6 +280,7 @@ def labelled_scatter(frame: pd.DataFrame, x: str, y: str, label: str, *, hue: st
     return fig
 
 
+@book_style
 def per_sample_scatter(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None, xlabel: str | None = None,
                        ylabel: str | None = None) -> plt.Figure:
     """Many samples: small translucent points, a panel per ``hue`` value if given."""
@@ -268,6 +290,7 @@ def per_sample_scatter(frame: pd.DataFrame, x: str, y: str, *, hue: str | None =
     return grid.figure
 
 
+@book_style
 def bars(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None, xlabel: str | None = None,
          ylabel: str | None = None) -> plt.Figure:
     """Bar chart of one value per category (e.g. unstable test images per class)."""
@@ -279,6 +302,7 @@ def bars(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None, xlabel:
     return fig
 
 
+@book_style
 def interval_columns(summary: pd.DataFrame, *, col: str, titles: dict | None = None, row: str = "arch",
                      label: str = "label") -> plt.Figure:
     """Each method's mean with its 95 % interval (``mean``, ``low``, ``high`` columns), one panel per
@@ -316,6 +340,7 @@ def interval_columns(summary: pd.DataFrame, *, col: str, titles: dict | None = N
     return fig
 
 
+@book_style
 def convergence_curves(table: pd.DataFrame, *, y: str = "value", hue: str = "label", col: str | None = "arch",
                        max_rows: int = 2) -> sns.FacetGrid:
     """Mean cosine similarity of two classes' back-propagated vectors against the layer's distance from
