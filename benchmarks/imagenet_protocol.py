@@ -23,8 +23,8 @@ import pandas as pd
 import torch
 
 from saliency_sanity.checks import randomization_test
-from saliency_sanity.models import torchvision_model
-from saliency_sanity.device import resolve_device
+from saliency_sanity.models.architectures import torchvision_model
+from saliency_sanity._core.device import resolve_device
 
 OPTIONS = {"smoothgrad": {"n_samples": 8, "internal_batch_size": 64},
            "integrated_gradients": {"steps": 16, "internal_batch_size": 64}}

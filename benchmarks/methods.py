@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from saliency_sanity import attribute, attribute_many
-from saliency_sanity.models import build_model, default_cam_layer, get_layer, torchvision_model
-from saliency_sanity.device import resolve_device
+from saliency_sanity.models.architectures import build_model, default_cam_layer, get_layer, torchvision_model
+from saliency_sanity._core.device import resolve_device
 
 
 def timed(fns: dict, device, repeats: int) -> dict:

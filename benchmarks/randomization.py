@@ -64,8 +64,8 @@ from methods import no_inplace, timed  # noqa: E402  (benchmarks/ is not a packa
 
 from saliency_sanity import efficient_mprt  # noqa: E402
 from saliency_sanity.checks import randomization_test, smooth_mprt  # noqa: E402
-from saliency_sanity.models import build_model, default_cam_layer  # noqa: E402
-from saliency_sanity.device import resolve_device  # noqa: E402
+from saliency_sanity.models.architectures import build_model, default_cam_layer  # noqa: E402
+from saliency_sanity._core.device import resolve_device  # noqa: E402
 
 IG = {"steps": 10, "rule": "riemann_trapezoid"}  # Quantus' fixed IG settings
 SUITE = ["gradient", "input_x_gradient", "integrated_gradients", "guided_backprop", "deconvnet", "gradcam"]
@@ -77,7 +77,7 @@ CASES = ("plain", "smooth", "efficient")
 def images(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` seeded Fashion-MNIST test images and labels; random ones when the data is absent."""
     try:
-        from saliency_sanity.data import load_fashion_mnist
+        from saliency_sanity.data.images import load_fashion_mnist
 
         data = load_fashion_mnist("test").subset(n, seed=0)
         return data.images.to(device), data.labels.to(device)

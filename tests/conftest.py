@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from saliency_sanity.models import build_model
+from saliency_sanity.models.architectures import build_model
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

@@ -4,7 +4,7 @@ import copy
 import torch
 from torch import nn
 
-from saliency_sanity.models import build_model
+from saliency_sanity.models.architectures import build_model
 
 # Shapes the peers have not seen in the 1x28x28 tests: 3 channels, non-square. Pooling floors 22x30
 # to 5x7 (VGG) and the ResNet's strides to 6x8, so CAMs are upsampled by unequal, non-integer factors

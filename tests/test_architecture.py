@@ -78,9 +78,31 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 def test_graph_sees_relative_lazy_and_type_checking_imports():
     graph = import_graph()
-    assert "saliency_sanity.losses" in graph["saliency_sanity.training"]  # module level, relative
-    assert "saliency_sanity.training" in graph["saliency_sanity.mitigation"]  # lazy and TYPE_CHECKING
+    assert "saliency_sanity.training.losses" in graph["saliency_sanity.training.train"]  # module level, relative
+    assert "saliency_sanity.training.train" in graph["saliency_sanity.training.mitigation"]  # lazy and TYPE_CHECKING
 
 
 def test_the_package_has_no_import_cycle():
     assert cycles(import_graph()) == []
+
+
+# The package's folders from the bottom up: a module may import from its own folder and the folders below.
+LAYERS = ("_core", "data", "models", "methods", "metrics", "training", "checks", "book", "cli")
+
+
+def _folder(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else None
+
+
+def test_dependencies_point_down_the_layers():
+    upward = sorted((a, b) for a, deps in import_graph().items() for b in deps
+                    if _folder(a) in LAYERS and _folder(b) in LAYERS
+                    and LAYERS.index(_folder(b)) > LAYERS.index(_folder(a)))
+    assert upward == []
+
+
+def test_every_module_lives_in_a_layer_folder():
+    loose = sorted(m for m in import_graph() if _folder(m) is None
+                   and m not in ("saliency_sanity", "saliency_sanity.__main__"))
+    assert loose == []

@@ -8,7 +8,7 @@ from torch import nn
 from peers import without_inplace
 from saliency_sanity import attribute, attribute_many
 from saliency_sanity.methods.shared_pass import run_pass
-from saliency_sanity.models import build_model
+from saliency_sanity.models.architectures import build_model
 
 SHARED = ["gradient", "input_x_gradient", "gradcam", "gradcam_pp", "fullgrad"]
 CLOSE = dict(rtol=1e-5, atol=1e-6)  # float32; the same operations, only the batching of the reads differs

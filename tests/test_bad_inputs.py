@@ -13,18 +13,18 @@ import torch
 from torch import nn
 
 from saliency_sanity import attribute, attribute_many
-from saliency_sanity.byom import load_model, load_state
-from saliency_sanity.cache import atomic_torch_save, check_writable, safe_torch_load
+from saliency_sanity.models.user import load_model, load_state
+from saliency_sanity._core.cache import atomic_torch_save, check_writable, safe_torch_load
 from saliency_sanity.checks import class_sensitivity, randomization_test
-from saliency_sanity.data import CorruptDatasetError, DatasetNotFoundError, load_fashion_mnist, read_idx, write_idx
-from saliency_sanity.folder import load_image_folder
+from saliency_sanity.data.images import CorruptDatasetError, DatasetNotFoundError, load_fashion_mnist, read_idx, write_idx
+from saliency_sanity.data.folder import load_image_folder
 from saliency_sanity.methods.masks import sound_mask
-from saliency_sanity.models import build_model
-from saliency_sanity.profiles import get_profile
-from saliency_sanity.randomization import randomized
-from saliency_sanity.similarity import similarity
-from saliency_sanity.soundness import completeness_soundness, insertion_curve
-from saliency_sanity.stability import churn, label_entropy
+from saliency_sanity.models.architectures import build_model
+from saliency_sanity.book.profiles import get_profile
+from saliency_sanity.checks.randomize import randomized
+from saliency_sanity.metrics.similarity import similarity
+from saliency_sanity.metrics.soundness import completeness_soundness, insertion_curve
+from saliency_sanity.metrics.stability import churn, label_entropy
 
 MODEL = build_model("vgg", seed=0).eval()
 X = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from saliency_sanity import cache
+from saliency_sanity._core import cache
 
 
 def test_cached_table_computes_once_and_reads_back_the_same_values(tmp_path, monkeypatch):

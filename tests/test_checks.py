@@ -9,9 +9,9 @@ import torch
 from saliency_sanity.checks import (PAPER_METHODS, class_sensitivity, data_randomization_test, method_requests,
                                     paper_methods, randomization_test)
 from saliency_sanity.methods.many import attribute_many
-from saliency_sanity.models import build_model
-from saliency_sanity.randomization import randomized
-from saliency_sanity.similarity import similarity
+from saliency_sanity.models.architectures import build_model
+from saliency_sanity.checks.randomize import randomized
+from saliency_sanity.metrics.similarity import similarity
 
 FAST = ["gradient", "guided_backprop", "gradcam", "gradcam/positive"]
 
@@ -102,7 +102,7 @@ def test_selected_stages_and_fixed_target(vgg, x):
 
 
 def test_model_restored_when_a_method_fails_midway(vgg, x, monkeypatch):
-    import saliency_sanity.checks as checks
+    import saliency_sanity.checks.mprt as checks
 
     before = state(vgg)
     calls = {"n": 0}
@@ -149,7 +149,7 @@ def test_data_randomization_compares_two_models(vgg, x):
 
 
 def test_cli_summary_counts_undefined_pairs_instead_of_hiding_them():
-    from saliency_sanity.check import summary
+    from saliency_sanity.cli.check import summary
 
     nan = float("nan")
     frame = pd.DataFrame({"test": ["randomization"] * 4 + ["class_sensitivity"] * 2,

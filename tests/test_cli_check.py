@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from saliency_sanity.byom import default_layer, load_model
-from saliency_sanity.check import run_check
-from saliency_sanity.folder import IMAGENET_MEAN, load_image_folder
+from saliency_sanity.models.user import default_layer, load_model
+from saliency_sanity.cli.check import run_check
+from saliency_sanity.data.folder import IMAGENET_MEAN, load_image_folder
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -100,7 +100,7 @@ def run_cli(args, **kwargs):
                                            (17, 3, 4)])
 def test_shards_are_whole_batches_covering_every_image_once_in_order(n, world, block):
     """Ranks get contiguous runs of whole batches, so they compute exactly one process's batches."""
-    from saliency_sanity.distributed import Ranks, shard
+    from saliency_sanity.cli.distributed import Ranks, shard
 
     parts = [shard(n, Ranks(rank, world), block) for rank in range(world)]
     assert [i for part in parts for i in part] == list(range(n))
@@ -139,7 +139,8 @@ def one_line_error(code, stderr, *needles):
 
 @pytest.mark.parametrize("case", ["missing folder", "folder is a file", "out is a folder"])
 def test_cli_unwritable_out_fails_before_any_computing(case, folder, tmp_path, monkeypatch, capsys):
-    from saliency_sanity import check, cli
+    from saliency_sanity import cli
+    from saliency_sanity.cli import check
 
     monkeypatch.setattr(check, "run_check", lambda *a, **k: pytest.fail("computed before checking --out"))
     place = tmp_path / "place"

@@ -12,9 +12,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from saliency_sanity import plotting  # noqa: E402
+from saliency_sanity.book import plotting  # noqa: E402
 from saliency_sanity.checks import class_sensitivity, paper_methods  # noqa: E402
-from saliency_sanity.convergence import (COLUMNS, _InputSignals, _requests,  # noqa: E402
+from saliency_sanity.checks.convergence import (COLUMNS, _InputSignals, _requests,  # noqa: E402
                                          convergence_summary, cosine, cosine_convergence)
 from saliency_sanity.methods import attribute, get_method  # noqa: E402
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from saliency_sanity import data
-from saliency_sanity.data import CorruptDatasetError, DatasetNotFoundError
+from saliency_sanity.data import images as data
+from saliency_sanity.data.images import CorruptDatasetError, DatasetNotFoundError
 
 
 def write_split(directory, n_train=20, n_test=10, gz=True, seed=0):

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from saliency_sanity.chapter import Chapter
-from saliency_sanity.data import synthetic
-from saliency_sanity.data_randomization import (config_differences, fit_accuracy, label_agreement, matched_configs,
+from saliency_sanity.book.chapter import Chapter
+from saliency_sanity.data.images import synthetic
+from saliency_sanity.checks.data_randomization import (config_differences, fit_accuracy, label_agreement, matched_configs,
                                                 optimisation_steps, same_training_images, train_matched_pair)
-from saliency_sanity.models import build_model
-from saliency_sanity.profiles import PROFILES, get_profile
-from saliency_sanity.training import training_labels, training_subset
+from saliency_sanity.models.architectures import build_model
+from saliency_sanity.book.profiles import PROFILES, get_profile
+from saliency_sanity.training.train import training_labels, training_subset
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,8 @@ def test_matched_configs_differ_only_in_labels(name):
 def test_permuted_config_is_the_chapters_random_label_model(monkeypatch):
     """Same config as Chapter.random_label_run, so the permuted model keeps its cache folder."""
     seen = {}
-    monkeypatch.setattr("saliency_sanity.chapter.train_model", lambda config, *a, **k: seen.setdefault("c", config))
-    monkeypatch.setattr("saliency_sanity.chapter.load_fashion_mnist", lambda split: None)
+    monkeypatch.setattr("saliency_sanity.book.chapter.train_model", lambda config, *a, **k: seen.setdefault("c", config))
+    monkeypatch.setattr("saliency_sanity.book.chapter.load_fashion_mnist", lambda split: None)
     ch = Chapter.open("smoke")
     ch.__dict__["test"] = None  # cached_property: no dataset needed
     ch.random_label_run("vgg")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from saliency_sanity.checks import class_sensitivity, data_randomization_test, randomization_test
-from saliency_sanity.models import build_model
+from saliency_sanity.models.architectures import build_model
 
 METHODS = ["gradient", "smoothgrad", "guided_backprop", "lrp_epsilon", "gradcam", "fullgrad"]
 

@@ -11,11 +11,11 @@ import scipy.stats
 import torch
 from torch import nn
 
-import saliency_sanity.efficient_randomization as emprt_module
+import saliency_sanity.checks.efficient as emprt_module
 from saliency_sanity import attribute
-from saliency_sanity.complexity import discrete_entropy, histogram_counts
-from saliency_sanity.efficient_randomization import COLUMNS, efficient_mprt
-from saliency_sanity.randomization import randomized
+from saliency_sanity.metrics.complexity import discrete_entropy, histogram_counts
+from saliency_sanity.checks.efficient import COLUMNS, efficient_mprt
+from saliency_sanity.checks.randomize import randomized
 
 quantus = pytest.importorskip("quantus")
 from quantus.functions.complexity_func import discrete_entropy as quantus_discrete_entropy  # noqa: E402

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from saliency_sanity import plotting  # noqa: E402
+from saliency_sanity.book import plotting  # noqa: E402
 from saliency_sanity.checks import PAPER_METHODS, handling  # noqa: E402
 
 MAX_TICK_CHARS = 16
@@ -88,7 +88,7 @@ def test_randomization_curves_use_short_stage_labels():
 
 
 def test_scorecard_forest_is_legible():
-    from saliency_sanity.scorecard import CLAIMS, Part
+    from saliency_sanity.book.scorecard import CLAIMS, Part
 
     card = pd.DataFrame([{"key": c.key, "verdict": "partly",
                           "parts": [Part(m, "q", 0.1, 0.0, 0.2, 10, ">", 0.2) for m in ("vgg", "resnet")]}
@@ -103,7 +103,7 @@ def test_stage_label(layers, expected):
 
 
 def test_method_interval_columns_are_legible():
-    from saliency_sanity.readings import MPRT_TEST_NAMES
+    from saliency_sanity.checks.readings import MPRT_TEST_NAMES
 
     rng = np.random.default_rng(1)
     rows = [{"arch": arch, "test": test, "label": label, "handling": handling(label), "mean": m,

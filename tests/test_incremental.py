@@ -1,4 +1,4 @@
-"""Rebuilds execute only the notebooks whose inputs changed (saliency_sanity.reproduce).
+"""Rebuilds execute only the notebooks whose inputs changed (saliency_sanity.book.reproduce).
 
 A tiny book of three notebooks, really executed by papermill: ``a_writer`` writes a table,
 ``b_figure`` a figure, ``c_reader`` reads the table (its source calls ``read_table(``). Every
@@ -13,8 +13,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from saliency_sanity import cache, cli, reproduce
-from saliency_sanity.profiles import PROFILES
+from saliency_sanity import cli
+from saliency_sanity._core import cache
+from saliency_sanity.book import reproduce
+from saliency_sanity.book.profiles import PROFILES
 
 NAMES = ("a_writer", "b_figure", "c_reader")
 

@@ -13,10 +13,10 @@ from dataclasses import replace
 
 import torch
 
-from saliency_sanity import training
-from saliency_sanity.cache import remove_stale_temporary_files, safe_torch_load, temporary_files
-from saliency_sanity.data import synthetic
-from saliency_sanity.training import TrainConfig, train_model
+from saliency_sanity.training import train as training
+from saliency_sanity._core.cache import remove_stale_temporary_files, safe_torch_load, temporary_files
+from saliency_sanity.data.images import synthetic
+from saliency_sanity.training.train import TrainConfig, train_model
 
 CONFIG = TrainConfig(arch="vgg", seed=3, epochs=8, batch_size=32, n_train=None)
 TRAIN, TEST = synthetic(320, seed=0), synthetic(64, seed=1)
@@ -24,8 +24,8 @@ TRAIN, TEST = synthetic(320, seed=0), synthetic(64, seed=1)
 CHILD = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(int(sys.argv[2]))  # the parent's: CPU sums depend on the thread count
-    from saliency_sanity.data import synthetic
-    from saliency_sanity.training import TrainConfig, train_model
+    from saliency_sanity.data.images import synthetic
+    from saliency_sanity.training.train import TrainConfig, train_model
     config = TrainConfig(arch="vgg", seed=3, epochs=8, batch_size=32, n_train=None)
     train_model(config, synthetic(320, seed=0), synthetic(64, seed=1), device="cpu", progress=False,
                 root=__import__("pathlib").Path(sys.argv[1]))
@@ -82,7 +82,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, c
     stale = directory / f".epoch_{last + 1:03d}.pt.{pid}@{socket.gethostname()}.k1ll3d_x.tmp"
     stale.write_bytes(b"half a checkpoint")  # as if the kill had hit the next write
     ran = counting_epochs(monkeypatch)
-    with caplog.at_level(logging.INFO, logger="saliency_sanity.training"):
+    with caplog.at_level(logging.INFO, logger="saliency_sanity.training.train"):
         resumed = train_model(CONFIG, TRAIN, TEST, device="cpu", progress=False, root=root)
     assert ran == list(range(last, CONFIG.epochs)), "trained other epochs than those after the checkpoint"
     assert resumed.resumed_from_epoch == last and resumed.epochs_run == CONFIG.epochs - last < CONFIG.epochs
@@ -122,8 +122,8 @@ def test_only_temporary_files_of_dead_local_writers_are_removed(tmp_path):
 LIMITED = textwrap.dedent("""
     import pathlib, resource, signal, sys, torch
     torch.set_num_threads(int(sys.argv[3]))
-    from saliency_sanity.data import synthetic
-    from saliency_sanity.training import TrainConfig, train_model
+    from saliency_sanity.data.images import synthetic
+    from saliency_sanity.training.train import TrainConfig, train_model
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises OSError(EFBIG), no kill
     limit = int(sys.argv[2])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))

@@ -7,7 +7,7 @@ from torch import nn
 
 from saliency_sanity import attribute
 from saliency_sanity.methods.masks import default_lambda_area, sound_masks, squared_tv
-from saliency_sanity.models import build_model
+from saliency_sanity.models.architectures import build_model
 
 
 class RegionScore(nn.Module):

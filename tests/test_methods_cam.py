@@ -9,7 +9,7 @@ from torch import nn
 from peers import random_batchnorm, rgb_images, rgb_model
 from saliency_sanity import attribute, attribute_many
 from saliency_sanity.methods.cam import handle
-from saliency_sanity.models import build_model, get_layer
+from saliency_sanity.models.architectures import build_model, get_layer
 
 LAYERS = {"vgg": "features.relu3", "resnet": "layer3"}
 CLASSES = [3, 4, 8]  # classes whose Grad-CAM is non-zero on every image of every case
@@ -191,7 +191,7 @@ def test_cam_errors():
 def test_torchvision_models_at_224(name):
     """Every gradient/CAM method runs on torchvision's models at 224x224 (random weights, cheap
     options) and returns finite maps of the input's size."""
-    from saliency_sanity.models import torchvision_model
+    from saliency_sanity.models.architectures import torchvision_model
 
     model = torchvision_model(name).eval()
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))

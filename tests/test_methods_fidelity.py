@@ -18,7 +18,7 @@ from zennit.types import Activation, AvgPool, Convolution
 
 from peers import random_batchnorm, without_inplace
 from saliency_sanity import METHODS, attribute, attribute_many
-from saliency_sanity.models import BasicBlock, build_model
+from saliency_sanity.models.architectures import BasicBlock, build_model
 
 RGB = (2, 3, 20, 28)  # non-square, 3 channels: VGG pools to 5x7, the ResNet strides to 5x7
 

@@ -6,7 +6,7 @@ from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Salien
 from peers import RGB_SHAPE, rgb_images, rgb_model
 from saliency_sanity import attribute
 from saliency_sanity.methods.gradients import ig_nodes
-from saliency_sanity.models import build_model
+from saliency_sanity.models.architectures import build_model
 
 TOL = dict(rtol=1e-8, atol=1e-10)  # float64: only summation order differs
 

@@ -18,7 +18,7 @@ from zennit.types import Activation, AvgPool, Convolution
 
 from peers import RGB_SHAPE, random_batchnorm, rgb_images, rgb_model, without_inplace
 from saliency_sanity import attribute
-from saliency_sanity.models import BasicBlock, build_model
+from saliency_sanity.models.architectures import BasicBlock, build_model
 
 # float64 everywhere a peer is compared: the implementations differ only in summation order
 TOL = dict(rtol=1e-7, atol=1e-9)
@@ -464,7 +464,7 @@ def test_registry_records_positive_propagation():
 
 @pytest.mark.parametrize("name", ["vgg16", "resnet50"])
 def test_torchvision_models_at_224(name):
-    from saliency_sanity.models import torchvision_model
+    from saliency_sanity.models.architectures import torchvision_model
 
     model = torchvision_model(name).eval()
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))

@@ -5,14 +5,14 @@ import math
 import pytest
 import torch
 
-from saliency_sanity.data import synthetic
+from saliency_sanity.data.images import synthetic
 import pandas as pd
 
-from saliency_sanity.losses import distillation_targets, prediction_entropy, soft_cross_entropy
-from saliency_sanity.mitigation import (METHOD_OPTIONS, MITIGATIONS, EnsembleModel, compare_to_ensemble,
+from saliency_sanity.training.losses import distillation_targets, prediction_entropy, soft_cross_entropy
+from saliency_sanity.training.mitigation import (METHOD_OPTIONS, MITIGATIONS, EnsembleModel, compare_to_ensemble,
                                         ensemble_predictions, share_of_ensemble_reduction, train_mitigated)
-from saliency_sanity.stability import temporal_label_entropy
-from saliency_sanity.training import TrainConfig, train_model, training_loss
+from saliency_sanity.metrics.stability import temporal_label_entropy
+from saliency_sanity.training.train import TrainConfig, train_model, training_loss
 
 BASE = TrainConfig(arch="vgg", seed=0, epochs=2, batch_size=32)
 TRAIN, TEST = synthetic(96, seed=0), synthetic(40, seed=1)

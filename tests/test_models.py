@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from saliency_sanity.models import build_model, default_cam_layer, get_layer, torchvision_model
+from saliency_sanity.models.architectures import build_model, default_cam_layer, get_layer, torchvision_model
 
 
 @pytest.mark.parametrize("arch", ["vgg", "resnet"])

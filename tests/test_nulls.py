@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-import saliency_sanity.checks as checks
+import saliency_sanity.checks.data_randomization as checks
 from saliency_sanity.checks import class_sensitivity, data_randomization_test, method_requests, randomization_test
-from saliency_sanity.draws import image_seeds, keyed_seed
+from saliency_sanity._core.draws import image_seeds, keyed_seed
 from saliency_sanity.methods.many import attribute_many
-from saliency_sanity.nulls import (foreground_mask, null_calibration, null_seeds, permutation_index,
+from saliency_sanity.metrics.nulls import (foreground_mask, null_calibration, null_seeds, permutation_index,
                                    permute_maps, similarity_and_null)
-from saliency_sanity.similarity import SIMILARITY_METRICS, similarity, similarity_table
+from saliency_sanity.metrics.similarity import SIMILARITY_METRICS, similarity, similarity_table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_factory import tiny  # noqa: E402
@@ -266,7 +266,7 @@ def test_a_constant_map_warns_once_not_twice(net, x):
 
 
 def test_cli_summary_shows_value_and_excess_per_metric():
-    from saliency_sanity.check import summary
+    from saliency_sanity.cli.check import summary
 
     nan = float("nan")
     frame = pd.DataFrame({"test": ["randomization"] * 3 + ["class_sensitivity"] * 2, "stage": [0, 2, 2, 0, 0],

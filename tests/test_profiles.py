@@ -1,7 +1,7 @@
 """Profiles and the type checks of notebook parameters."""
 import pytest
 
-from saliency_sanity.profiles import PROFILES, get_profile
+from saliency_sanity.book.profiles import PROFILES, get_profile
 
 
 def test_profiles_grow():

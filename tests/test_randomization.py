@@ -4,8 +4,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from saliency_sanity.models import build_model
-from saliency_sanity.randomization import (default_blocks, layer_generator, randomization_stages, randomize_layer,
+from saliency_sanity.models.architectures import build_model
+from saliency_sanity.checks.randomize import (default_blocks, layer_generator, randomization_stages, randomize_layer,
                                            randomized)
 
 VGG_LAYERS = ["features.conv1", "features.conv2", "features.conv3", "classifier.fc1", "classifier.fc2"]
@@ -335,7 +335,7 @@ def test_blocks_default_and_custom(resnet, vgg, x):
 
 
 def test_torchvision_resnet50_blocks_without_example_input():
-    from saliency_sanity.models import torchvision_model
+    from saliency_sanity.models.architectures import torchvision_model
 
     model = torchvision_model("resnet50")
     plan = randomization_stages(model, unit="block", order="bottom_up")  # traced on a dummy 1x3x28x28

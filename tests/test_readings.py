@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from saliency_sanity.readings import randomization_readings, top_stage
+from saliency_sanity.checks.readings import randomization_readings, top_stage
 
 
 def _frame(n_stages=4, images=(0, 1), seeds=(0,)):
@@ -51,7 +51,7 @@ def test_readings_refuse_missing_stages_and_other_modes():
 
 def _scores(sensitivities: dict, seeds=(0, 1), images=range(6), noise=0.0, seed=0):
     """A mprt_scores-shaped table: each test's per-method sensitivity plus seeded noise per unit."""
-    from saliency_sanity.readings import MPRT_TESTS
+    from saliency_sanity.checks.readings import MPRT_TESTS
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -66,7 +66,7 @@ def _scores(sensitivities: dict, seeds=(0, 1), images=range(6), noise=0.0, seed=
 
 
 def test_ranking_agreement_is_one_for_the_same_ranking_and_minus_one_for_the_reverse():
-    from saliency_sanity.readings import ranking_agreement
+    from saliency_sanity.checks.readings import ranking_agreement
 
     labels = [f"m{i}" for i in range(6)]
     same = {lab: i for i, lab in enumerate(labels)}
@@ -80,7 +80,7 @@ def test_ranking_agreement_is_one_for_the_same_ranking_and_minus_one_for_the_rev
 
 
 def test_ranking_agreement_interval_widens_with_noise_and_is_seeded():
-    from saliency_sanity.readings import ranking_agreement
+    from saliency_sanity.checks.readings import ranking_agreement
 
     labels = {f"m{i}": i * 0.1 for i in range(6)}
     table = _scores({"mprt": labels, "smooth_mprt": labels}, noise=0.3)
@@ -91,7 +91,7 @@ def test_ranking_agreement_interval_widens_with_noise_and_is_seeded():
 
 
 def test_ranking_agreement_needs_both_tests_on_the_same_methods():
-    from saliency_sanity.readings import ranking_agreement
+    from saliency_sanity.checks.readings import ranking_agreement
 
     table = _scores({"mprt": {"a": 1, "b": 2, "c": 3}})
     with pytest.raises(ValueError, match="both tests"):
@@ -99,7 +99,7 @@ def test_ranking_agreement_needs_both_tests_on_the_same_methods():
 
 
 def test_mprt_scores_read_the_last_stage_and_orient_every_test():
-    from saliency_sanity.readings import mprt_scores
+    from saliency_sanity.checks.readings import mprt_scores
 
     readings = pd.DataFrame([{"arch": "vgg", "seed": 0, "image": 0, "label": lab, "handling": "h",
                               "metric": "spearman_abs", "reading": r, "value": v, "excess": v - 0.5}

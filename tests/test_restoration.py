@@ -19,8 +19,8 @@ from torch import nn
 from saliency_sanity import METHODS, attribute, attribute_many
 from saliency_sanity.checks import class_sensitivity, data_randomization_test, randomization_test
 from saliency_sanity.methods.masks import sound_masks
-from saliency_sanity.randomization import randomized
-from saliency_sanity.soundness import completeness_soundness
+from saliency_sanity.checks.randomize import randomized
+from saliency_sanity.metrics.soundness import completeness_soundness
 
 
 @pytest.fixture(autouse=True, scope="module")

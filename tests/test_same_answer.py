@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from saliency_sanity import attribute
-from saliency_sanity.byom import load_model
-from saliency_sanity.check import run_check
+from saliency_sanity.models.user import load_model
+from saliency_sanity.cli.check import run_check
 from saliency_sanity.checks import class_sensitivity, data_randomization_test, randomization_test
-from saliency_sanity.draws import image_seeds, keyed_seed
-from saliency_sanity.models import build_model
+from saliency_sanity._core.draws import image_seeds, keyed_seed
+from saliency_sanity.models.architectures import build_model
 
 from test_cli_check import env
 

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from saliency_sanity import scorecard as sc
-from saliency_sanity.statistics import VERDICTS
+from saliency_sanity.book import scorecard as sc
+from saliency_sanity.metrics.statistics import VERDICTS
 
 
 def _readings(label_values: dict, archs=("vgg", "resnet"), seeds=(0, 1, 2), images=40, spread=0.05):
@@ -111,7 +111,7 @@ def test_similar_or_changed(low, high, word):
 
 
 def test_interval_text_never_prints_nan():
-    from saliency_sanity.statistics import interval_text
+    from saliency_sanity.metrics.statistics import interval_text
 
     assert interval_text(0.123, 0.05, 0.2) == "+0.12 [+0.05, +0.20]"
     assert interval_text(np.nan, np.nan, np.nan) == "–"
@@ -120,14 +120,14 @@ def test_interval_text_never_prints_nan():
 
 
 def test_glue_key_joins_parts_with_one_underscore():
-    from saliency_sanity.chapter import glue_key
+    from saliency_sanity.book.chapter import glue_key
 
     assert glue_key("cs", "vgg", "top1 vs bottom1", "gradcam/positive") == "cs_vgg_top1_vs_bottom1_gradcam_positive"
 
 
 def _mprt_scores(orders: dict, labels=8, seeds=(0, 1), images=10, noise=0.02):
     """Per test, the methods' sensitivities in the given order ("same" as the plain MPRT or "reversed")."""
-    from saliency_sanity.readings import MPRT_TESTS
+    from saliency_sanity.checks.readings import MPRT_TESTS
 
     rng = np.random.default_rng(3)
     rows = []

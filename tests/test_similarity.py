@@ -15,10 +15,10 @@ from scipy.stats import spearmanr
 from skimage.feature import hog as skimage_hog
 from skimage.metrics import structural_similarity
 
-from saliency_sanity import similarity as sim_module
-from saliency_sanity._ranks import rankdata, row_quantile, spearman
-from saliency_sanity.hog import default_pixels_per_cell, hog
-from saliency_sanity.similarity import (NORMALIZATIONS, SIMILARITY_METRICS, normalize_abs, random_map_calibration,
+from saliency_sanity.metrics import similarity as sim_module
+from saliency_sanity.metrics.ranks import rankdata, row_quantile, spearman
+from saliency_sanity.metrics.hog import default_pixels_per_cell, hog
+from saliency_sanity.metrics.similarity import (NORMALIZATIONS, SIMILARITY_METRICS, normalize_abs, random_map_calibration,
                                         similarity, similarity_table, ssim)
 
 

@@ -14,8 +14,8 @@ from torch import nn
 
 from saliency_sanity import attribute
 from saliency_sanity.checks import randomization_test, smooth_mprt, smooth_mprt_noise
-from saliency_sanity.draws import image_seeds
-from saliency_sanity.randomization import randomized
+from saliency_sanity._core.draws import image_seeds
+from saliency_sanity.checks.randomize import randomized
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_factory import tiny  # noqa: E402
@@ -178,7 +178,7 @@ def test_model_left_as_it_was(rgb, monkeypatch):
     frame = smooth_mprt(model, x, ["gradient"], n_samples=2, stages=[0, -1], progress=False)
     assert sorted(frame.stage.unique()) == [0, 3] and model.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    import saliency_sanity.checks as checks
+    import saliency_sanity.checks.mprt as checks
 
     real, calls = checks.attribute_many, {"n": 0}
 

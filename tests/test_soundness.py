@@ -15,8 +15,8 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from saliency_sanity import attribute
-from saliency_sanity.models import build_model
-from saliency_sanity.soundness import (class_agnostic, completeness_soundness, curve_auc, deletion_curve,
+from saliency_sanity.models.architectures import build_model
+from saliency_sanity.metrics.soundness import (class_agnostic, completeness_soundness, curve_auc, deletion_curve,
                                        draw_fill_indices, gaussian_blur, insertion_curve, insertion_deletion_auc,
                                        make_fills, pixel_ranks, step_counts, summarize_completeness_soundness)
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from saliency_sanity.methods.many import attribute_many
-from saliency_sanity.models import build_model
-from saliency_sanity.similarity import similarity
-from saliency_sanity.stability import (churn, instability_table, label_entropy, map_stability, map_stability_table,
+from saliency_sanity.models.architectures import build_model
+from saliency_sanity.metrics.similarity import similarity
+from saliency_sanity.metrics.stability import (churn, instability_table, label_entropy, map_stability, map_stability_table,
                                        max_label_entropy, pairwise_churn, pixel_dispersion, run_maps,
                                        temporal_label_entropy, true_class_probability_std)
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from saliency_sanity.draws import keyed_seed
-from saliency_sanity.statistics import (VERDICTS, _content_key, _replicates, bootstrap_intervals, bootstrap_mean,
+from saliency_sanity._core.draws import keyed_seed
+from saliency_sanity.metrics.statistics import (VERDICTS, _content_key, _replicates, bootstrap_intervals, bootstrap_mean,
                                         holm, paired_contrasts, verdict)
 
 MU = 0.3

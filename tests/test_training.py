@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from saliency_sanity import cache
-from saliency_sanity.data import synthetic
-from saliency_sanity.training import TrainConfig, train_model
+from saliency_sanity._core import cache
+from saliency_sanity.data.images import synthetic
+from saliency_sanity.training.train import TrainConfig, train_model
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_resume_after_interruption_matches_uninterrupted(toy):
 
 
 def test_permuted_labels_are_a_permutation(toy):
-    from saliency_sanity.training import training_labels
+    from saliency_sanity.training.train import training_labels
 
     labels = toy[0].labels
     permuted = training_labels(TrainConfig(permute_labels=True), labels)

@@ -4,11 +4,12 @@ Methods behind one call (:func:`attribute`), the sanity checks of Adebayo et al.
 Khakzar et al. (2020) with the repaired tests of Hedström et al. (2023), completeness/soundness of Gupta et al. (2022) and stability across
 retraining seeds (after Datta et al. 2023).
 """
-from .checks import class_sensitivity, randomization_test, smooth_mprt
-from .complexity import discrete_entropy
-from .convergence import cosine_convergence
-from .efficient_randomization import efficient_mprt
+from .checks.class_pairs import class_sensitivity
+from .checks.convergence import cosine_convergence
+from .checks.efficient import efficient_mprt
+from .checks.mprt import randomization_test, smooth_mprt
 from .methods import METHODS, attribute, attribute_many, resolve_targets
+from .metrics.complexity import discrete_entropy
 
 __version__ = "0.1.0"
 __all__ = ["METHODS", "attribute", "attribute_many", "class_sensitivity", "cosine_convergence", "discrete_entropy",

@@ -30,10 +30,10 @@ explicit choice (h applied to the gradient terms, everything else unchanged).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
-from ..models import default_cam_layer, get_layer
+from ..models.architectures import default_cam_layer, get_layer
 from .registry import register
 from .shared_pass import PassRecord, biased_layers, effective_bias, run_pass
 

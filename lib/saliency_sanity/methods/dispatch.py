@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validation import check_images, check_model
-from ..guard import preserved
+from .._core.guard import preserved
+from .._core.validation import check_images, check_model
 from .registry import get_method
 
 REDUCTIONS = ("sum", "abs_sum", None)

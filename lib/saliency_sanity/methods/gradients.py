@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..draws import image_generators
-from ..guard import preserved
+from .._core.draws import image_generators
+from .._core.guard import preserved
 from .registry import register
 from .shared_pass import PassRecord, run_pass
 from .targets import as_index_tensor, check_in_range, resolve_targets
@@ -76,7 +76,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, n_sa
 
     The noise is N(0, sigma^2) with sigma = ``noise`` * (max(x_i) - min(x_i)) per image, drawn from a
     generator seeded by ``seed`` (on the CPU, so CPU and GPU runs use the same noise); with one seed
-    per image (:mod:`saliency_sanity.draws`) from one generator per image, independent of the batch. The target is
+    per image (:mod:`saliency_sanity._core.draws`) from one generator per image, independent of the batch. The target is
     resolved on the clean image. ``internal_batch_size`` bounds the number of noisy images per
     forward pass (all of them in one pass by default).
     """

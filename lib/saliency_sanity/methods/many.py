@@ -7,43 +7,14 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .._validation import check_images, check_model
-from ..guard import preserved
+from .._core.guard import preserved
+from .._core.validation import check_images, check_model
 from .cam import _check_cam_layer, fullgrad_from, gradcam_from, gradcam_pp_from, handle
-from .gradients import _target_at, gradient_from, input_x_gradient_from
 from .dispatch import REDUCTIONS, reduce_channels
+from .gradients import _target_at, gradient_from, input_x_gradient_from
 from .registry import get_method
+from .requests import method_requests
 from .shared_pass import biased_layers, run_pass
-
-
-def _requests(methods: Iterable, options: dict | None) -> list[tuple[str, str, dict]]:
-    """Normalise ``methods`` to (label, registry name, options) with ``options[name]`` merged under
-    each request's own options."""
-    if isinstance(methods, str):
-        methods = [methods]
-    options = {} if options is None else options
-    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
-        raise TypeError("options must map method names to option dicts, e.g. "
-                        "{'integrated_gradients': {'steps': 16}}")
-    out = []
-    for m in methods:
-        if isinstance(m, str):
-            label, name, opts = m, m, {}
-        elif isinstance(m, (tuple, list)) and len(m) == 3 and isinstance(m[2], dict):
-            label, name, opts = str(m[0]), m[1], dict(m[2])
-        else:
-            raise TypeError(f"cannot read method request {m!r}; use a method name or (label, name, options)")
-        get_method(name)
-        out.append((label, name, {**options.get(name, {}), **opts}))
-    labels = [r[0] for r in out]
-    if not labels:
-        raise ValueError("methods is empty; name at least one method")
-    if len(set(labels)) != len(labels) or "target" in labels:
-        raise ValueError(f"method labels must be unique and not 'target', got {labels}")
-    unused = set(options) - {name for _, name, _ in out}
-    if unused:
-        raise ValueError(f"options given for method(s) {sorted(unused)} that are not requested")
-    return out
 
 
 def _check_options(name: str, options: dict) -> None:
@@ -76,7 +47,7 @@ def attribute_many(model: nn.Module, x: torch.Tensor, target="top1", methods: It
     check_images(x)
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduce {reduce!r}; choose 'sum', 'abs_sum' or None")
-    requests = _requests(methods, options)
+    requests = method_requests(methods, options)
     for _, name, opts in requests:
         _check_options(name, opts)
     out: dict[str, torch.Tensor] = {}

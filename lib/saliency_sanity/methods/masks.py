@@ -22,7 +22,7 @@ Defaults for 28x28 inputs (the paper's are for 224x224):
   the dataset mean, so the mask is not fitted to the evaluator's fill); otherwise the per-channel
   dataset mean (``mean``, Fashion-MNIST's by default), a deviation kept as an option because it is
   deterministic and about ``n_fill`` times cheaper. ``fill`` also accepts the fills of
-  :func:`saliency_sanity.soundness.make_fills` (``"zeros"``, ``"blur"``, a tensor).
+  :func:`saliency_sanity.metrics.soundness.make_fills` (``"zeros"``, ``"blur"``, a tensor).
 Masks start at 0.5 everywhere (zero logits); ``seed`` drives the random fills only.
 """
 from __future__ import annotations
@@ -30,16 +30,16 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .._validation import check_images, check_model
-from ..data import FASHION_MNIST_MEAN
-from ..draws import single_seed
-from ..guard import preserved
-from ..soundness import (DEFAULT_N_FILL, DEFAULT_SIGMA, FILLS, check_fill_images, check_n_fill,
-                         label_log_probabilities, make_fills)
+from .._core.draws import single_seed
+from .._core.guard import preserved
+from .._core.validation import check_images, check_model
+from ..data.images import FASHION_MNIST_MEAN
+from .fills import (DEFAULT_N_FILL, DEFAULT_SIGMA, FILLS, check_fill_images, check_n_fill, label_log_probabilities,
+                    make_fills)
 from .registry import register
 from .targets import as_index_tensor, resolve_targets
 

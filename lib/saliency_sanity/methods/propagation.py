@@ -30,12 +30,12 @@ import types
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
-from ..guard import preserved
-from ..models import Add
 from . import rules
+from .._core.guard import preserved
+from ..models.architectures import Add
 from .registry import register
 from .targets import resolve_targets
 
@@ -117,7 +117,7 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _GRADIENT = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.modules.dropout._DropoutNd, nn.Identity)
 _NORM = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, Add)
 _SUPPORTED = ("Conv2d, Linear, BatchNorm2d right after a Conv2d, ReLU, MaxPool2d, AvgPool2d, adaptive pooling, "
-              "Flatten, Dropout, Identity, saliency_sanity.models.Add")
+              "Flatten, Dropout, Identity, saliency_sanity.models.architectures.Add")
 
 LayerRule = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], rules.Rule]
 

@@ -17,8 +17,8 @@ import contextlib
 from typing import Callable, Iterator, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 Rule = Callable[..., tuple]
 

@@ -12,8 +12,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..guard import preserved
-from ..models import get_layer
+from .._core.guard import preserved
+from ..models.architectures import get_layer
 from .targets import resolve_targets
 
 

@@ -2,7 +2,7 @@
 
 "random" follows the random-logit test of Sixt et al. (2020): a class drawn uniformly among the
 classes other than the top-1 class, from a seeded generator so that reruns explain the same class.
-With one seed per image (:mod:`saliency_sanity.draws`) each image's class is drawn from its own
+With one seed per image (:mod:`saliency_sanity._core.draws`) each image's class is drawn from its own
 generator, so it does not depend on the batch the image is in.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Union
 
 import torch
 
-from ..draws import Seed, image_generators
+from .._core.draws import Seed, image_generators
 
 TargetSpec = Union[str, int, torch.Tensor, list, tuple]
 TARGET_NAMES = ("top1", "bottom1", "random")
