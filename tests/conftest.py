@@ -44,3 +44,12 @@ def smoke_site(tmp_path_factory):
                             timeout=1800, env=env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return site
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for tiny models: on a busy 2-core machine two threads cost several times more."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

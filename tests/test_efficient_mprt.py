@@ -28,13 +28,7 @@ ENTROPY_TOL = dict(rtol=1e-12, atol=1e-14)
 QUANTUS_TOL = dict(rtol=1e-9, atol=1e-12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread for these tiny models on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gray_net() -> nn.Module:

@@ -23,13 +23,7 @@ from saliency_sanity.checks.randomize import randomized
 from saliency_sanity.metrics.soundness import completeness_soundness
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread for these tiny models (two cost several times more on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- snapshots

@@ -22,14 +22,7 @@ from saliency_sanity.metrics.similarity import (NORMALIZATIONS, SIMILARITY_METRI
                                         similarity, similarity_table, ssim)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a small machine shared with other jobs, two threads spin against each
-    other and run these many small kernels about ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def maps(n, size, seed, channels=None, signed=False):
