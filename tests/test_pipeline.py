@@ -66,6 +66,8 @@ def test_no_page_prints_nan_none_or_na(smoke_site):
     found = {}
     pages = sorted(site.rglob("*.html"))
     assert len(pages) > 10
+    # the API reference quotes docstrings, where None and NaN are Python values named on purpose
+    pages = [p for p in pages if p.relative_to(site).as_posix() != "book/api.html"]
     for page in pages:
         text = page.read_text()
         # visible text only: scripts, styles and code listings (which may name None in Python) left out

@@ -380,7 +380,7 @@ def similarity(a: torch.Tensor, b: torch.Tensor, metric: str = "spearman_abs", *
 
     ``normalize`` (channels are reduced by the same rule):
 
-    - ``"default"`` (this project's): absolute maps sum_c |E_c| clipped at their 99th percentile and
+    - ``"default"`` (this project's): absolute maps ``sum_c |E_c|`` clipped at their 99th percentile and
       min-max scaled to [0, 1] (:func:`normalize_abs`) for ``spearman_abs`` (as Adebayo et al.'s
       code does for its rank correlation of absolute maps), ``ssim`` and ``hog`` (their code takes
       SSIM and HOG on the min-max scaled *signed* map instead: ``"minmax"``); signed maps sum_c E_c
@@ -389,11 +389,11 @@ def similarity(a: torch.Tensor, b: torch.Tensor, metric: str = "spearman_abs", *
       (:func:`normalize_max_abs`) for ``ssim_signflip`` and ``cosine``. Option
       ``percentile`` (default 99) moves the clipping point.
     - ``"max_abs"``: every map divided by max|.| (Khakzar et al.'s CVPR 2021 code); absolute maps
-      sum_c |E_c| / max for ``spearman_abs``, ``ssim`` and ``hog``.
+      ``sum_c |E_c|`` / max for ``spearman_abs``, ``ssim`` and ``hog``.
     - ``"minmax"``: maps min-max scaled to [0, 1] without clipping, as Adebayo et al.'s code does
-      for SSIM and HOG (signed sum_c E_c; ``spearman_abs`` on sum_c |E_c|). Not for the signed
+      for SSIM and HOG (signed sum_c E_c; ``spearman_abs`` on ``sum_c |E_c|``). Not for the signed
       metrics ``ssim_signflip`` and ``cosine``.
-    - ``"none"``: the maps as given (sum_c E_c; sum_c |E_c| for ``spearman_abs``); the SSIMs then
+    - ``"none"``: the maps as given (sum_c E_c; ``sum_c |E_c|`` for ``spearman_abs``); the SSIMs then
       need an explicit ``data_range``.
 
     A pair whose normalised map is constant has no correlation: NaN and one RuntimeWarning that
