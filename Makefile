@@ -17,13 +17,13 @@ PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory"
 
 all: book
 
+# Quantus (the repaired randomization tests are tested against it) is installed without its declared
+# opencv-python: grad-cam's opencv-python-headless already provides cv2, and two OpenCV wheels
+# writing one cv2/ folder break each other. Its other requirements are in [all] already.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip $(PIP_QUIET)
 	$(PY) -m pip install -q -e ".[all]" $(PIP_QUIET)
-	# Quantus (the repaired randomization tests are tested against it) without its declared
-	# opencv-python: grad-cam's opencv-python-headless already provides cv2, and two OpenCV wheels
-	# writing one cv2/ folder break each other. Its other requirements are in [all] already.
 	$(PY) -m pip install -q --no-deps "$(QUANTUS)" cachetools $(PIP_QUIET)
 	$(PY) -c "import saliency_sanity, torch, torchvision, papermill, captum, zennit, pytorch_grad_cam, quantus"
 	touch $@
