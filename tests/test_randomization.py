@@ -5,8 +5,8 @@ from scipy import stats
 from torch import nn
 
 from saliency_sanity.models.architectures import build_model
-from saliency_sanity.checks.randomize import (default_blocks, layer_generator, randomization_stages, randomize_layer,
-                                           randomized)
+from saliency_sanity.checks.randomize import layer_generator, randomize_layer, randomized
+from saliency_sanity.checks.stages import default_blocks, randomization_stages
 
 VGG_LAYERS = ["features.conv1", "features.conv2", "features.conv3", "classifier.fc1", "classifier.fc2"]
 

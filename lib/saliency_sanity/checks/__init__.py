@@ -12,7 +12,8 @@ from .convergence import PROPAGATION_METHODS, cosine_convergence
 from .data_randomization import data_randomization_test
 from .efficient import efficient_mprt
 from .mprt import randomization_test, smooth_mprt, smooth_mprt_noise
-from .randomize import randomization_stages, randomize_layer, randomized
+from .randomize import randomize_layer, randomized
+from .stages import randomization_stages
 from ..methods.requests import method_requests
 from .requests import DEFAULT_METRICS, EXPLAIN_CHOICES, PAPER_METHODS, handling, input_box, paper_methods
 from .tables import canonical_order, pair_name, similarity_means
