@@ -18,8 +18,9 @@ from skimage.metrics import structural_similarity
 from saliency_sanity.metrics import similarity as sim_module
 from saliency_sanity.metrics.ranks import rankdata, row_quantile, spearman
 from saliency_sanity.metrics.hog import default_pixels_per_cell, hog
-from saliency_sanity.metrics.similarity import (NORMALIZATIONS, SIMILARITY_METRICS, normalize_abs, random_map_calibration,
-                                        similarity, similarity_table, ssim)
+from saliency_sanity.metrics.normalize import NORMALIZATIONS, normalize_abs
+from saliency_sanity.metrics.similarity import SIMILARITY_METRICS, random_map_calibration, similarity, similarity_table
+from saliency_sanity.metrics.ssim import ssim
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

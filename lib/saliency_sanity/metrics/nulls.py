@@ -24,7 +24,8 @@ import torch
 from .._core.draws import keyed_seed
 from .hog import hog
 from .ranks import pearson, rankdata
-from .similarity import _KIND, _VIEWS, _compute, _pick, _prepare, _warn_undefined
+from .normalize import _VIEWS
+from .similarity import _KIND, _compute, _pick, _prepare, _warn_undefined
 
 
 def foreground_mask(x: torch.Tensor, background: float | None = 0.0) -> torch.Tensor:

@@ -11,18 +11,18 @@ returns one value per pair on the maps' device. Reference implementations they e
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 import warnings
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from .hog import hog
-from .ranks import cosine, row_quantile, spearman
+from .normalize import _VIEWS, NORMALIZATIONS
+from .ranks import cosine, spearman
+from .ssim import ssim, ssim_signflip
 
 SIMILARITY_METRICS = ("spearman_abs", "spearman", "ssim", "ssim_signflip", "hog", "cosine")
-NORMALIZATIONS = ("default", "none", "max_abs", "minmax")
 
 # Options each metric accepts (``percentile`` belongs to the normalisation and is always allowed).
 _SSIM_OPTIONS = frozenset({"data_range", "win_size", "sigma", "gaussian_weights", "use_sample_covariance",
@@ -39,198 +39,9 @@ _KIND = {"spearman_abs": "abs", "spearman": "signed", "ssim": "intensity", "hog"
          "ssim_signflip": "unit", "cosine": "unit"}
 
 
-# ----------------------------------------------------------------------------- normalisations
-
-def _sum_channels(m: torch.Tensor, absolute: bool) -> torch.Tensor:
-    """[B, C, H, W] -> [B, H, W] by sum_c |E_c| (absolute) or sum_c E_c; [B, H, W] kept (abs taken)."""
-    if absolute:
-        m = m.abs()
-    return m.sum(1) if m.dim() == 4 else m
-
-
-def _safe_div(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x / torch.where(scale > 0, scale, torch.ones_like(scale))
-
-
-def _min_max(flat: torch.Tensor) -> torch.Tensor:
-    low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-    return _safe_div(flat - low, high - low)
-
-
-def normalize_abs(m: torch.Tensor, percentile: float = 99.0) -> torch.Tensor:
-    """Adebayo et al.'s absolute map: sum_c |E_c|, clipped at its ``percentile``, min-max to [0, 1].
-
-    Adebayo et al. (2018) public code, PAIR saliency's ``VisualizeImageGrayscale``:
-    ``clip((E - min E) / (P99(E) - min E), 0, 1)`` with ``E = sum_c |E_c|``, per map. Clipping puts
-    the top 1 % of pixels in one tie. A map whose percentile equals its minimum becomes all 0.
-    """
-    m = _sum_channels(m, absolute=True)
-    flat = m.flatten(1)
-    flat = torch.minimum(flat, row_quantile(flat, percentile / 100))
-    return _min_max(flat).view_as(m)
-
-
-def normalize_signed(m: torch.Tensor, percentile: float = 99.0) -> torch.Tensor:
-    """Signed map scaled by the ``percentile`` of its magnitude and clipped to [-1, 1].
-
-    After Adebayo et al. (2018)'s "no absolute value" maps: ``clip(E / P99(|E|), -1, 1)`` with
-    ``E = sum_c E_c``. Their code (PAIR's ``VisualizeImageDiverging``) divides by |P99(E)| of the
-    signed map and clips only the positive tail; we clip both tails at the percentile of |E| so
-    that the normalisation commutes with a sign flip (spearman(a, -a) = -1 exactly). Where that
-    percentile is 0 the limit of the formula is used: sign(E).
-    """
-    m = _sum_channels(m, absolute=False)
-    flat = m.flatten(1)
-    scale = row_quantile(flat.abs(), percentile / 100)
-    scaled = torch.where(scale > 0, _safe_div(flat, scale), torch.sign(flat))
-    return scaled.clamp(-1, 1).view_as(m)
-
-
-def normalize_max_abs(m: torch.Tensor, absolute: bool = False) -> torch.Tensor:
-    """Map divided by its largest magnitude (Khakzar et al.'s CVPR 2021 code): E / max|E|.
-
-    ``E = sum_c E_c`` in [-1, 1], or ``E = sum_c |E_c|`` in [0, 1] if ``absolute``; an all-zero
-    map stays 0.
-    """
-    m = _sum_channels(m, absolute=absolute)
-    return _safe_div(m, m.flatten(1).abs().amax(1).view(-1, *([1] * (m.dim() - 1))))
-
-
-def normalize_minmax(m: torch.Tensor, absolute: bool = False) -> torch.Tensor:
-    """Map min-max scaled to [0, 1]: (E - min E) / (max E - min E), sign not kept.
-
-    Adebayo et al. (2018)'s code computes SSIM and HOG on this normalisation of the signed map
-    (their ``normalize_image``; on 3-channel maps they scale the channels jointly and average SSIM
-    over channels, here channels are summed first). Their SSIM also used old skimage defaults:
-    ``data_range`` 2 for float maps and ``use_sample_covariance=True``; pass those options to
-    reproduce it. ``absolute`` uses ``sum_c |E_c|`` instead. A constant map becomes 0.
-    """
-    m = _sum_channels(m, absolute=absolute)
-    return _min_max(m.flatten(1)).view_as(m)
-
-
-# The views of a map that the metrics read, each a function of (maps, percentile).
-def _abs_unit(m, percentile):
-    return normalize_max_abs(m, absolute=True)
-
-
-def _unit(m, percentile):
-    return normalize_max_abs(m)
-
-
-def _abs_minmax(m, percentile):
-    return normalize_minmax(m, absolute=True)
-
-
-def _minmax(m, percentile):
-    return normalize_minmax(m)
-
-
-def _abs_raw(m, percentile):
-    return _sum_channels(m, absolute=True)
-
-
-def _raw(m, percentile):
-    return _sum_channels(m, absolute=False)
-
-
-# For each normalisation and kind of map: a key naming the normalised maps (metrics whose keys
-# agree share them) and the function computing them.
-_VIEWS: dict[str, dict[str, tuple[str, Callable]]] = {
-    "default": {"abs": ("abs_p", normalize_abs), "intensity": ("abs_p", normalize_abs),
-                "signed": ("signed_p", normalize_signed), "unit": ("unit", _unit)},
-    "max_abs": {"abs": ("abs_unit", _abs_unit), "intensity": ("abs_unit", _abs_unit),
-                "signed": ("unit", _unit), "unit": ("unit", _unit)},
-    "none": {"abs": ("abs_raw", _abs_raw), "intensity": ("raw", _raw), "signed": ("raw", _raw),
-             "unit": ("raw", _raw)},
-    "minmax": {"abs": ("abs_minmax", _abs_minmax), "intensity": ("minmax", _minmax), "signed": ("minmax", _minmax)},
-}
 # Data range of SSIM's maps per normalisation (None: the caller must say).
 _DATA_RANGE = {"default": {"ssim": 1.0, "ssim_signflip": 2.0}, "max_abs": {"ssim": 1.0, "ssim_signflip": 2.0},
                "minmax": {"ssim": 1.0}, "none": {}}
-
-
-# ----------------------------------------------------------------------------- SSIM
-
-def _gaussian_kernel(sigma: float, radius: int, device, dtype) -> torch.Tensor:
-    x = torch.arange(-radius, radius + 1, device=device, dtype=torch.float64)
-    k = torch.exp(-0.5 / sigma ** 2 * x ** 2)  # as scipy.ndimage's _gaussian_kernel1d
-    return (k / k.sum()).to(dtype)
-
-
-def _reflect_index(n: int, r: int, device) -> torch.Tensor:
-    """Indices of a line of ``n`` padded by ``r`` on both sides, mode 'reflect' of scipy.ndimage
-    (half-sample symmetric, d c b a | a b c d | d c b a, repeated for any ``r``)."""
-    idx = torch.arange(-r, n + r, device=device)
-    idx = torch.where(idx < 0, -idx - 1, idx) % (2 * n)
-    return torch.where(idx >= n, 2 * n - 1 - idx, idx)
-
-
-def _filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Separable correlation of [N, H, W] with ``kernel`` along both axes, 'reflect' borders, same size."""
-    r = (len(kernel) - 1) // 2
-    h, w = x.shape[-2:]
-    x = x.index_select(-2, _reflect_index(h, r, x.device)).index_select(-1, _reflect_index(w, r, x.device))
-    x = F.conv2d(x.unsqueeze(1), kernel.view(1, 1, 1, -1))
-    return F.conv2d(x, kernel.view(1, 1, -1, 1)).squeeze(1)
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float, win_size: int | None = None, sigma: float = 1.5,
-         gaussian_weights: bool = True, use_sample_covariance: bool = False, k1: float = 0.01,
-         k2: float = 0.03) -> torch.Tensor:
-    """Mean structural similarity of each pair of [B, H, W] maps -> [B].
-
-    Wang et al. (2004), Eq. 13: SSIM = (2 mu_a mu_b + C1)(2 s_ab + C2) / ((mu_a^2 + mu_b^2 + C1)
-    (s_a^2 + s_b^2 + C2)), C1 = (k1 L)^2, C2 = (k2 L)^2 with L = ``data_range``, local statistics
-    under a Gaussian window (sigma 1.5, truncated at 3.5 sigma: 11 taps) or a uniform
-    ``win_size`` window, averaged over the pixels at least (win_size - 1) / 2 from the border.
-    Equal to ``skimage.metrics.structural_similarity(a, b, data_range=L, gaussian_weights=True,
-    sigma=1.5, use_sample_covariance=False)``, including skimage's meaning of ``win_size`` with
-    Gaussian weights (it sets only the border that is left out; default: the filter's width).
-    Population covariance by default (Wang et al.); Adebayo et al.'s code used skimage's default
-    ``use_sample_covariance=True``. Computed in the maps' dtype (at least float32).
-    """
-    if a.dim() == 2:
-        a, b = a.unsqueeze(0), b.unsqueeze(0)
-    if a.dim() != 3 or a.shape != b.shape:
-        raise ValueError(f"ssim expects two [B, H, W] tensors of the same shape, got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}")
-    if not (isinstance(data_range, (int, float)) and data_range > 0):
-        raise ValueError(f"data_range must be a positive number, got {data_range!r}")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
-    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-    a, b = a.to(dtype), b.to(dtype)
-    if gaussian_weights:
-        radius = int(3.5 * sigma + 0.5)  # skimage: truncate = 3.5, radius as scipy.ndimage
-        kernel = _gaussian_kernel(sigma, radius, a.device, dtype)
-        win_size = 2 * radius + 1 if win_size is None else win_size
-    else:
-        win_size = 7 if win_size is None else win_size
-    if not isinstance(win_size, int) or win_size < 1 or win_size % 2 == 0:
-        raise ValueError(f"win_size must be an odd positive int, got {win_size!r}")
-    if use_sample_covariance and win_size == 1:
-        raise ValueError("use_sample_covariance needs win_size > 1")
-    if min(a.shape[-2:]) < win_size:
-        raise ValueError(f"maps of size {tuple(a.shape[-2:])} are smaller than the SSIM window ({win_size}); "
-                         "pass a smaller win_size (odd) or sigma")
-    if not gaussian_weights:
-        kernel = torch.full((win_size,), 1.0 / win_size, device=a.device, dtype=dtype)
-    n = a.shape[0]
-    stats = _filter(torch.cat([a, b, a * a, b * b, a * b]), kernel)
-    ua, ub, uaa, ubb, uab = stats.split(n)
-    cov_norm = win_size ** 2 / (win_size ** 2 - 1) if use_sample_covariance else 1.0
-    va, vb, vab = cov_norm * (uaa - ua * ua), cov_norm * (ubb - ub * ub), cov_norm * (uab - ua * ub)
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    s = ((2 * ua * ub + c1) * (2 * vab + c2)) / ((ua * ua + ub * ub + c1) * (va + vb + c2))
-    pad = (win_size - 1) // 2
-    h, w = s.shape[-2:]
-    return s[:, pad:h - pad, pad:w - pad].double().mean((1, 2)).to(dtype)
-
-
-def ssim_signflip(a: torch.Tensor, b: torch.Tensor, **options) -> torch.Tensor:
-    """Sign-flip invariant SSIM, max(SSIM(a, b), SSIM(a, -b)) (Sixt et al. 2020, Sec. 5), -> [B]."""
-    return torch.maximum(ssim(a, b, **options), ssim(a, -b, **options))
 
 
 # ----------------------------------------------------------------------------- public API
