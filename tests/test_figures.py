@@ -88,7 +88,8 @@ def test_randomization_curves_use_short_stage_labels():
 
 
 def test_scorecard_forest_is_legible():
-    from saliency_sanity.book.scorecard import CLAIMS, Part
+    from saliency_sanity.book.claims import CLAIMS
+    from saliency_sanity.book.verdicts import Part
 
     card = pd.DataFrame([{"key": c.key, "verdict": "partly",
                           "parts": [Part(m, "q", 0.1, 0.0, 0.2, 10, ">", 0.2) for m in ("vgg", "resnet")]}

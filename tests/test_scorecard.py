@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from saliency_sanity.book import claims, verdicts
 from saliency_sanity.book import scorecard as sc
 from saliency_sanity.metrics.statistics import VERDICTS
 
@@ -22,8 +23,8 @@ def _readings(label_values: dict, archs=("vgg", "resnet"), seeds=(0, 1, 2), imag
 
 
 def _card(tables, keys):
-    claims = tuple(c for c in sc.CLAIMS if c.key in keys)
-    return sc.scorecard(tables, claims).set_index("key")
+    chosen = tuple(c for c in claims.CLAIMS if c.key in keys)
+    return sc.scorecard(tables, chosen).set_index("key")
 
 
 def test_randomization_claims_follow_the_interval_rule():
@@ -64,18 +65,18 @@ def test_contrast_needs_its_test_too():
 
 
 def test_combine_and_counts():
-    assert sc.combine(["reproduced", "reproduced"]) == "reproduced"
-    assert sc.combine(["reproduced", "not reproduced"]) == "partly"
-    assert sc.combine(["reproduced", "not testable here"]) == "not testable here"
-    assert sc.combine([]) == "not testable here"
+    assert verdicts.combine(["reproduced", "reproduced"]) == "reproduced"
+    assert verdicts.combine(["reproduced", "not reproduced"]) == "partly"
+    assert verdicts.combine(["reproduced", "not testable here"]) == "not testable here"
+    assert verdicts.combine([]) == "not testable here"
     card = pd.DataFrame({"verdict": ["reproduced", "partly", "reproduced"]})
     assert sc.verdict_counts(card) == {"reproduced": 2, "partly": 1, "not reproduced": 0, "not testable here": 0}
 
 
 def test_every_claim_has_a_source_and_a_unique_key():
-    keys = [c.key for c in sc.CLAIMS]
+    keys = [c.key for c in claims.CLAIMS]
     assert len(keys) == len(set(keys)) and len(keys) >= 14
-    assert all(c.source in sc.SOURCE_NAMES for c in sc.CLAIMS)
+    assert all(c.source in verdicts.SOURCE_NAMES for c in claims.CLAIMS)
 
 
 def test_instability_claims_on_a_known_table():
@@ -106,8 +107,8 @@ def test_localized_share(share, expected):
 
 @pytest.mark.parametrize("low, high, word", [(0.25, 0.4, "similar"), (-0.1, 0.1, "changed"), (np.nan, 0.1, "undefined")])
 def test_similar_or_changed(low, high, word):
-    assert sc.similar_or_changed(low, high) == word
-    assert sc.similar_or_changed(0.1, 0.3).startswith("neither")
+    assert verdicts.similar_or_changed(low, high) == word
+    assert verdicts.similar_or_changed(0.1, 0.3).startswith("neither")
 
 
 def test_interval_text_never_prints_nan():
