@@ -19,6 +19,7 @@ from zennit.types import Activation, AvgPool, Convolution
 from peers import random_batchnorm, without_inplace
 from saliency_sanity import METHODS, attribute, attribute_many
 from saliency_sanity.models.architectures import BasicBlock, build_model
+from saliency_sanity.checks import handling
 
 RGB = (2, 3, 20, 28)  # non-square, 3 channels: VGG pools to 5x7, the ResNet strides to 5x7
 
@@ -283,7 +284,8 @@ def test_guided_gradcam_layer_and_definition():
     close(ours, product, rtol=1e-12)
     with pytest.raises(ValueError, match="unknown interpolate_mode 'cubic'"):
         attribute(model, x, target, "guided_gradcam", interpolate_mode="cubic")
-    assert METHODS["guided_gradcam"].positive and METHODS["guided_gradcam"].kind == "pixel"
+    assert METHODS["guided_gradcam"].kind == "pixel"
+    assert handling("guided_gradcam") == "positive propagation"
 
 
 # ----------------------------------------------------------------------------- attribute_many

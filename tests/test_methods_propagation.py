@@ -451,12 +451,15 @@ def test_errors_name_the_problem():
     _unchanged(bn_late, before)
 
 
-def test_registry_records_positive_propagation():
-    """Khakzar et al. (2020): Guided Backprop, RectGrad and z+ propagate positively (alpha1-beta0 is an
-    option of lrp_alpha_beta, whose default alpha2-beta1 is signed)."""
+def test_paper_catalogue_records_positive_propagation():
+    """Khakzar et al. (2020): Guided Backprop, RectGrad and z+ propagate positively, and so does the
+    alpha1-beta0 request of lrp_alpha_beta, whose default alpha2-beta1 is signed: handling belongs to a
+    request (method and options), so the catalogue of requests records it, not the registry."""
+    from saliency_sanity.checks import PAPER_METHODS
     from saliency_sanity.methods import METHODS
 
-    assert {n for n in PROPAGATION if METHODS[n].positive} == {"guided_backprop", "rectgrad", "lrp_zplus"}
+    positive = {label for label, name, _, kind in PAPER_METHODS if name in PROPAGATION and kind == "positive propagation"}
+    assert positive == {"guided_backprop", "rectgrad", "lrp_zplus", "lrp_alpha1_beta0"}
     assert all(METHODS[n].family == "propagation" and METHODS[n].kind == "pixel" for n in PROPAGATION)
     assert METHODS["lrp_alpha_beta"].defaults == {"alpha": 2.0, "beta": 1.0}
     assert METHODS["lrp_epsilon"].defaults == {"epsilon": 0.25, "relative": False}  # not LRP-0 = Input x Gradient

@@ -158,7 +158,7 @@ def _check_cam_layer(model: nn.Module, layer: str | None) -> str:
     return name
 
 
-@register("gradcam", kind="cam", family="cam", shared_pass=True, aggregation="signed")
+@register("gradcam", kind="cam", family="cam", shared_pass=True)
 def gradcam(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, layer: str | None = None,
             aggregation: str = "signed", relu: bool = True) -> torch.Tensor:
     """Grad-CAM of ``layer`` (default: the model's CAM layer), [B, H, W] upsampled to the input."""
@@ -167,7 +167,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, layer: 
     return gradcam_from(run_pass(model, x, target, seed=seed, layers=[name], input_grad=False), name, aggregation, relu)
 
 
-@register("gradcam_pp", kind="cam", family="cam", shared_pass=True, positive=True, aggregation="positive")
+@register("gradcam_pp", kind="cam", family="cam", shared_pass=True)
 def gradcam_pp(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, layer: str | None = None,
                aggregation: str = "positive", relu: bool = True) -> torch.Tensor:
     """Grad-CAM++ of ``layer``, [B, H, W] upsampled to the input."""
@@ -177,8 +177,7 @@ def gradcam_pp(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, laye
                            aggregation, relu)
 
 
-@register("fullgrad", kind="cam", family="cam", shared_pass=True, positive=True, aggregation="absolute",
-          normalize="per_sample")
+@register("fullgrad", kind="cam", family="cam", shared_pass=True)
 def fullgrad(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, aggregation: str = "absolute",
              normalize: str = "per_sample") -> torch.Tensor:
     """FullGrad over the input gradient and every biased Conv2d/BatchNorm2d, [B, H, W].
@@ -210,7 +209,7 @@ def _interpolate(maps: torch.Tensor, size, mode: str) -> torch.Tensor:
 INTERPOLATE_MODES = ("bilinear", "nearest", "bicubic", "area")
 
 
-@register("guided_gradcam", kind="pixel", family="propagation", positive=True, interpolate_mode="bilinear")
+@register("guided_gradcam", kind="pixel", family="propagation")
 def guided_gradcam(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, layer: str | None = None,
                    interpolate_mode: str = "bilinear") -> torch.Tensor:
     """Guided Grad-CAM: Guided Backprop [B, C, H, W] times the Grad-CAM of ``layer`` upsampled to the input.
@@ -222,7 +221,7 @@ def guided_gradcam(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, 
     ``"bilinear"`` uses align_corners=False. The default ``"bilinear"`` is the paper's (and our
     ``gradcam``'s) resize; Captum's own default is ``"nearest"``. Two passes: a plain one for
     Grad-CAM, a guided one for the backprop part; the target is resolved once, on the first.
-    Guided Backprop is positive propagation (Khakzar et al. 2020), hence ``positive=True``.
+    Guided Backprop is positive propagation (Khakzar et al. 2020; its row in ``checks.PAPER_METHODS``).
     """
     from .propagation import _relu_modules, guided_backprop  # propagation imports nothing from here
 

@@ -69,7 +69,7 @@ def _target_at(model: nn.Module, x: torch.Tensor, target, seed: int) -> torch.Te
     return as_index_tensor(target, len(x), x.device)
 
 
-@register("smoothgrad", family="gradient", n_samples=16, noise=0.15)
+@register("smoothgrad", family="gradient")
 def smoothgrad(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, n_samples: int = 16,
                noise: float = 0.15, internal_batch_size: int | None = None) -> torch.Tensor:
     """Average gradient over ``n_samples`` noisy copies of each image (Smilkov et al. 2017, Eq. 3).
@@ -122,7 +122,7 @@ def ig_nodes(steps: int, rule: str) -> tuple[list[float], list[float]]:
     return [(i + offsets[rule]) / steps for i in range(steps)], [1 / steps] * steps
 
 
-@register("integrated_gradients", family="gradient", steps=32, rule="gausslegendre")
+@register("integrated_gradients", family="gradient")
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, steps: int = 32,
                          baseline=0.0, rule: str = "gausslegendre",
                          internal_batch_size: int | None = None) -> torch.Tensor:

@@ -70,7 +70,7 @@ def _run(model: nn.Module, x: torch.Tensor, target, seed: int, assignments: dict
     return grad.detach()
 
 
-@register("guided_backprop", family="propagation", positive=True)
+@register("guided_backprop", family="propagation")
 def guided_backprop(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0) -> torch.Tensor:
     """Guided Backprop: at every ReLU, the positive gradient where the ReLU's input is positive.
 
@@ -88,7 +88,7 @@ def deconvnet(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0) -> to
     return _run(model, x, target, seed, {m: rules.relu_deconvnet for m in _relu_modules(model, "deconvnet")})
 
 
-@register("rectgrad", family="propagation", positive=True, percentile=98.0, times_input=False)
+@register("rectgrad", family="propagation")
 def rectgrad(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, percentile: float = 98.0,
              times_input: bool = False) -> torch.Tensor:
     """RectGrad: at every ReLU, the gradient where activation x gradient exceeds its percentile.
@@ -267,7 +267,7 @@ def _number(name: str, value, minimum: float | None = None) -> float:
     return float(value)
 
 
-@register("lrp_epsilon", family="propagation", epsilon=0.25, relative=False)
+@register("lrp_epsilon", family="propagation")
 def lrp_epsilon(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, epsilon: float = 0.25,
                 relative: bool = False) -> torch.Tensor:
     """LRP-epsilon on every Conv2d / Linear; relevance starts as the target logit.
@@ -294,7 +294,7 @@ def lrp_epsilon(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, eps
     return _lrp(model, x, target, seed, lambda m, w, b: rules.lrp_epsilon(m, w, b, epsilon, relative))
 
 
-@register("lrp_alpha_beta", family="propagation", alpha=2.0, beta=1.0)
+@register("lrp_alpha_beta", family="propagation")
 def lrp_alpha_beta(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, alpha: float = 2.0,
                    beta: float = 1.0) -> torch.Tensor:
     """LRP-alpha-beta on every Conv2d / Linear; alpha=2, beta=1 by default (signed).
@@ -321,7 +321,7 @@ def _pixel_bounds(x: torch.Tensor, low, high, method: str) -> tuple[float, float
     return low, high
 
 
-@register("lrp_zplus", family="propagation", positive=True, low=0.0, high=1.0)
+@register("lrp_zplus", family="propagation")
 def lrp_zplus(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, low: float = 0.0,
               high: float = 1.0) -> torch.Tensor:
     """LRP-z+ on every Conv2d / Linear but the first, which gets z^B for pixels in [low, high].
@@ -336,7 +336,7 @@ def lrp_zplus(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, low: 
                 first_rule=lambda m, w, b: rules.lrp_zbox(m, w, b, low, high))
 
 
-@register("lrp_composite", family="propagation", low=0.0, high=1.0, epsilon=1e-6, gamma=0.25)
+@register("lrp_composite", family="propagation")
 def lrp_composite(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, low: float = 0.0,
                   high: float = 1.0, epsilon: float = 1e-6, gamma: float = 0.25) -> torch.Tensor:
     """LRP composite: epsilon on Linear layers, gamma on Conv2d, z^B on the first (pixel) layer.
