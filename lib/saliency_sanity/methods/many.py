@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import time
 from typing import Iterable
 
 import torch
@@ -88,3 +89,22 @@ def attribute_many(model: nn.Module, x: torch.Tensor, target="top1", methods: It
     out = {lab: out[lab] for lab, _, _ in requests}
     out["target"] = resolved
     return out
+
+
+def maps_for_every_label(model: nn.Module, x: torch.Tensor, method: str, labels, options: dict | None = None, *,
+                         seed: int = 0) -> tuple[torch.Tensor, float]:
+    """One method's map made for each of ``labels``: maps [B, L, H, W] and the seconds per map.
+    Gupta et al. (2022): completeness and soundness read a map made FOR every label, not only the
+    predicted one. ``labels``: a number of classes L (labels 0..L-1) or the class indices; map
+    ``[:, j]`` explains ``labels[j]`` for every image (one :func:`attribute_many` call per label,
+    with ``options`` and ``seed``). The seconds are the wall time of all calls divided by B * L.
+    """
+    labels = list(range(labels)) if isinstance(labels, int) and not isinstance(labels, bool) else \
+        [int(c) for c in labels]
+    if not labels:
+        raise ValueError("labels must name at least one class")
+    tic = time.perf_counter()
+    per_label = [attribute_many(model, x, torch.full((len(x),), c, device=x.device), [(method, method, options or {})],
+                                seed=seed)[method]
+                 for c in labels]
+    return torch.stack(per_label, 1), (time.perf_counter() - tic) / (len(x) * len(labels))
