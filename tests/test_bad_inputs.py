@@ -194,6 +194,10 @@ CASES = [
     ("maps per label of wrong rank", plain(lambda: completeness_soundness(MODEL, X, MAPS)), ValueError,
      r"maps_per_label must be a tensor \[B, L, H, W\]"),
     ("negative lambda_tv", plain(lambda: sound_mask(MODEL, X, 0, steps=2, lambda_tv=-1.0)), ValueError, r"lambda_tv"),
+    ("a mean fill without a mean", plain(lambda: insertion_curve(MODEL, X, MAPS, 0)), ValueError,
+     r"fill='mean' needs the per-channel mean"),
+    ("a mask's mean fill without a mean", plain(lambda: sound_mask(MODEL, X, 0, steps=1)), ValueError,
+     r"fill='mean' needs the per-channel mean"),
     # stability
     ("churn of different lengths", plain(lambda: churn(torch.tensor([1, 2]), torch.tensor([1, 2, 3]))), ValueError,
      r"shape|length"),

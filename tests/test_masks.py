@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from saliency_sanity import attribute
+from saliency_sanity.data import FASHION_MNIST_MEAN as MEAN
 from saliency_sanity.methods.masks import default_lambda_area, sound_masks, squared_tv
 from saliency_sanity.models.architectures import build_model
 
@@ -86,7 +87,7 @@ def test_model_left_unchanged():
     model.classifier.fc2.bias.requires_grad_(False)
     flags = [p.requires_grad for p in model.parameters()]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    sound_masks(model, images(), torch.tensor([[0], [1]]), steps=4, progress=False)
+    sound_masks(model, images(), torch.tensor([[0], [1]]), steps=4, progress=False, mean=MEAN)
     assert all(m.training for m in model.modules())
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
@@ -98,8 +99,8 @@ def test_attribute_method_matches_sound_masks():
     model, x = tiny_vgg().eval(), images()
     with torch.no_grad():
         top = model(x).argmax(1)
-    got = attribute(model, x, "top1", method="sound_mask", steps=6)
-    want = sound_masks(model, x, top[:, None], steps=6, progress=False)[:, 0]
+    got = attribute(model, x, "top1", method="sound_mask", steps=6, mean=MEAN)
+    want = sound_masks(model, x, top[:, None], steps=6, progress=False, mean=MEAN)[:, 0]
     assert got.shape == (2, 28, 28)
     torch.testing.assert_close(got, want, atol=0, rtol=0)
 
@@ -108,7 +109,8 @@ def test_attribute_method_matches_sound_masks():
 def test_ablation_options(upsample, tv):
     # upsample 3 does not divide 28: a 10x10 mask is upsampled to exactly 28x28; upsample 28 is one cell
     model, x = tiny_vgg(), images()
-    masks = sound_masks(model, x, torch.tensor([[0], [1]]), steps=3, upsample=upsample, tv=tv, progress=False)
+    masks = sound_masks(model, x, torch.tensor([[0], [1]]), steps=3, upsample=upsample, tv=tv, progress=False,
+                        mean=MEAN)
     assert masks.shape == (2, 1, 28, 28)
     if upsample == 28:
         assert torch.allclose(masks, masks[..., :1, :1].expand_as(masks))
@@ -124,13 +126,15 @@ def test_bad_parameters():
                           ({"fill": torch.zeros(3, 28, 28)}, "does not broadcast"),
                           ({"softmax_over": [2, 3]}, "softmax_over")]:
         with pytest.raises(ValueError, match=match):
-            sound_masks(model, x, labels, progress=False, **kwargs)
+            sound_masks(model, x, labels, progress=False, **{"mean": MEAN, **kwargs})
+    with pytest.raises(ValueError, match="per-channel mean of the model's training data"):
+        sound_masks(model, x, labels, steps=1, progress=False)  # a mean fill with no mean: no default dataset's
     with pytest.raises(ValueError, match="labels_per_image must have shape"):
         sound_masks(model, x, torch.tensor([0, 1, 2]), progress=False)
     with pytest.raises(TypeError, match="integer class indices"):
         sound_masks(model, x, torch.tensor([[0.0], [1.0]]), progress=False)
     with pytest.raises(ValueError, match="out of range"):
-        sound_masks(model, x, torch.tensor([[0], [10]]), steps=1, progress=False)
+        sound_masks(model, x, torch.tensor([[0], [10]]), steps=1, progress=False, mean=MEAN)
 
 
 def test_random_image_fill_trains_against_the_training_pool():

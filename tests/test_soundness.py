@@ -136,7 +136,7 @@ def test_softmax_over_a_label_subset():
     full = insertion_curve(model, x, maps, 0, steps=4, fill="zeros")
     assert (full < got).all()
     with pytest.raises(ValueError, match="not in softmax_over"):
-        insertion_curve(model, x, maps, 2, steps=4, softmax_over=[0, 1])
+        insertion_curve(model, x, maps, 2, steps=4, fill="zeros", softmax_over=[0, 1])
 
 
 def test_several_labels_chunked_equal_one_label_at_a_time():
@@ -238,8 +238,8 @@ def test_summary_keeps_extra_columns():
     model = build_model("vgg", seed=1, width=8, num_classes=3).double()
     x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     maps = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    a = completeness_soundness(model, x, maps, steps=3).assign(method="a")
-    b = completeness_soundness(model, x, -maps, steps=3).assign(method="b")
+    a = completeness_soundness(model, x, maps, steps=3, mean=0.2).assign(method="a")
+    b = completeness_soundness(model, x, -maps, steps=3, mean=0.2).assign(method="b")
     summary = summarize_completeness_soundness(pd.concat([a, b]))
     assert list(summary.columns) == ["method", "image", "completeness", "soundness"] and len(summary) == 4
 
@@ -257,8 +257,8 @@ def test_class_agnostic_control():
         for j in range(3):
             assert torch.equal(agnostic[b, j], maps[b, pred[b]])
     assert torch.equal(class_agnostic(maps[torch.arange(2), pred], 3), agnostic)
-    per_label = completeness_soundness(model, x, maps, steps=4)
-    control = completeness_soundness(model, x, agnostic, steps=4)
+    per_label = completeness_soundness(model, x, maps, steps=4, mean=0.2)
+    control = completeness_soundness(model, x, agnostic, steps=4, mean=0.2)
     # the predicted label keeps its own map, so completeness is unchanged
     pd.testing.assert_frame_equal(per_label[per_label.is_predicted].reset_index(drop=True),
                                   control[control.is_predicted].reset_index(drop=True))
@@ -275,7 +275,7 @@ def test_predicted_label_must_have_a_map():
         pred = model(x).argmax(1)
     others = [[c for c in range(3) if c != p][:2] for p in pred.tolist()]
     with pytest.raises(ValueError, match="predicted label"):
-        completeness_soundness(model, x, maps, labels=torch.tensor(others), steps=2)
+        completeness_soundness(model, x, maps, labels=torch.tensor(others), steps=2, mean=0.2)
 
 
 @pytest.mark.parametrize("steps", [0, -1, 2.5, True])
@@ -305,24 +305,26 @@ def test_bad_parameters():
         insertion_curve(model, x, maps, 0, fill="random_images", fill_images=torch.rand(3, 1, 4, 4), n_fill=0)
     with pytest.raises(ValueError, match="mean must be one number or one per channel"):
         insertion_curve(model, x, maps, 0, mean=[0.1, 0.2])
+    with pytest.raises(ValueError, match="per-channel mean of the model's training data"):
+        insertion_curve(model, x, maps, 0)  # the default fill is the mean, and there is no default mean
     with pytest.raises(ValueError, match="sigma"):
         insertion_curve(model, x, maps, 0, fill="blur", sigma=0)
     with pytest.raises(ValueError, match="maps must have shape"):
-        insertion_curve(model, x, maps[:, :3], 0)
+        insertion_curve(model, x, maps[:, :3], 0, mean=0.2)
     with pytest.raises(ValueError, match="NaN"):
-        insertion_curve(model, x, torch.full_like(maps, float("nan")), 0)
+        insertion_curve(model, x, torch.full_like(maps, float("nan")), 0, mean=0.2)
     with pytest.raises(ValueError, match="out of range"):
-        insertion_curve(model, x, maps, 5)
+        insertion_curve(model, x, maps, 5, mean=0.2)
     with pytest.raises(ValueError, match="batch_size"):
-        insertion_curve(model, x, maps, 0, batch_size=0)
+        insertion_curve(model, x, maps, 0, batch_size=0, mean=0.2)
     with pytest.raises(ValueError, match="labels must have shape"):
-        insertion_curve(model, x, maps, torch.tensor([0, 1, 0]))
+        insertion_curve(model, x, maps, torch.tensor([0, 1, 0]), mean=0.2)
     many = maps[:, None].expand(-1, 2, -1, -1)
     for name in ("epsilon", "beta"):
         with pytest.raises(ValueError, match=name):
-            completeness_soundness(model, x, many, **{name: -0.1})
+            completeness_soundness(model, x, many, mean=0.2, **{name: -0.1})
     with pytest.raises(ValueError, match="maps_per_label"):
-        completeness_soundness(model, x, maps)
+        completeness_soundness(model, x, maps, mean=0.2)
     with pytest.raises(ValueError, match="predicted"):
         class_agnostic(many)
 

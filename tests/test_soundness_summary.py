@@ -182,10 +182,10 @@ def test_scores_per_image_one_row_per_method_and_image():
     model, x = linear_model(), images(3)
     maps = {"gradient": maps_for_every_label(model, x, "gradient", 3)[0], "random": torch.rand(3, 3, 8, 8)}
     predicted = model(x).argmax(1)
-    frame = scores_per_image(model, x, maps, predicted=predicted, steps=4)
+    frame = scores_per_image(model, x, maps, predicted=predicted, steps=4, mean=0.2)
     assert sorted(frame.columns) == ["completeness", "image", "method", "soundness"] and len(frame) == 6
     alone = summarize_completeness_soundness(completeness_soundness(model, x, maps["random"], predicted=predicted,
-                                                                    steps=4))
+                                                                    steps=4, mean=0.2))
     got = frame[frame.method == "random"].set_index("image")[["completeness", "soundness"]]
     pd.testing.assert_frame_equal(got, alone.set_index("image")[["completeness", "soundness"]])
 
@@ -194,7 +194,7 @@ def test_insertion_deletion_table_ends_at_the_full_image():
     model, x = linear_model(), images(3)
     maps = {"gradient": maps_for_every_label(model, x, "gradient", 3)[0]}
     predicted = model(x).argmax(1)
-    curves = insertion_deletion_table(model, x, maps, predicted, steps=4)
+    curves = insertion_deletion_table(model, x, maps, predicted, steps=4, mean=0.2)
     assert len(curves) == 2 * 5 and set(curves.curve) == {"insertion", "deletion"}
     p_x = model(x).softmax(1)[torch.arange(3), predicted].mean().item()
     ins = curves[curves.curve == "insertion"].set_index("fraction").probability
@@ -208,12 +208,14 @@ def test_tv_upsampling_ablation_reuses_the_given_masks():
     model, x = linear_model(), images(2)
     labels, predicted = torch.arange(3), model(x).argmax(1)
     given = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
-    options = {"steps": 2, "fill": "mean"}
-    frame = tv_upsampling_ablation(model, x, given, predicted=predicted, labels=labels, steps=4, mask_options=options)
+    options = {"steps": 2, "fill": "mean", "mean": 0.2}
+    frame = tv_upsampling_ablation(model, x, given, predicted=predicted, labels=labels, steps=4, mean=0.2,
+                                   mask_options=options)
     assert list(dict.fromkeys(zip(frame.tv, frame.upsampling))) == list(ABLATION_SETTINGS) and len(frame) == 8
 
     def scores(m):
-        return summarize_completeness_soundness(completeness_soundness(model, x, m, predicted=predicted, steps=4))
+        return summarize_completeness_soundness(completeness_soundness(model, x, m, predicted=predicted, steps=4,
+                                                                       mean=0.2))
 
     first = frame[(frame.tv == True) & (frame.upsampling == 4)]  # noqa: E712
     np.testing.assert_allclose(first.soundness, scores(given).soundness)

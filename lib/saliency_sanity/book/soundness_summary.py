@@ -28,15 +28,15 @@ ABLATION_SETTINGS = ((True, 4), (True, 1), (False, 4), (False, 1))
 
 
 def scores_per_image(model: torch.nn.Module, x: torch.Tensor, maps: Mapping[str, torch.Tensor], *, predicted,
-                     steps: int, fill="mean") -> pd.DataFrame:
+                     steps: int, fill="mean", mean=None) -> pd.DataFrame:
     """Completeness and soundness of every method's maps, one row per (method, image).
     Gupta et al. (2022), Def. 4.1-4.2: ``maps`` maps a method's name to its maps made for every label,
     [B, L, H, W]; each goes through :func:`~saliency_sanity.metrics.soundness.completeness_soundness`
-    (``predicted``, ``steps``, ``fill``). Columns: method, image, completeness, soundness.
+    (``predicted``, ``steps``, ``fill``, ``mean``). Columns: method, image, completeness, soundness.
     """
     frames = []
     for name, m in maps.items():
-        frame = completeness_soundness(model, x, m, predicted=predicted, steps=steps, fill=fill)
+        frame = completeness_soundness(model, x, m, predicted=predicted, steps=steps, fill=fill, mean=mean)
         frame["method"] = name
         frames.append(frame)
     return summarize_completeness_soundness(pd.concat(frames, ignore_index=True))
@@ -164,32 +164,33 @@ def loss_convergence(losses, *, max_kernel: int = 25, max_window: int = 100, tol
 
 
 def insertion_deletion_table(model: torch.nn.Module, x: torch.Tensor, maps: Mapping[str, torch.Tensor],
-                             predicted: torch.Tensor, *, steps: int, fill="mean") -> pd.DataFrame:
+                             predicted: torch.Tensor, *, steps: int, fill="mean", mean=None) -> pd.DataFrame:
     """The mean insertion and deletion curve of each method's map made for the predicted label.
     Gupta et al. (2022) evaluate maps on insertion curves (after Petsiuk et al. 2018). ``maps``:
     {method: [B, L, H, W]} with label = class index; one row per (method, curve, fraction of pixels
-    kept or removed): the predicted label's probability averaged over the images.
+    kept or removed): the predicted label's probability averaged over the images (``fill`` and
+    ``mean`` as for :func:`~saliency_sanity.metrics.soundness.insertion_curve`).
     """
     rows = []
     fraction = torch.linspace(0, 1, steps + 1)
     for name, m in maps.items():
         own = m[torch.arange(len(x)), predicted]
         for curve, fn in (("insertion", insertion_curve), ("deletion", deletion_curve)):
-            values = fn(model, x, own, predicted, steps=steps, fill=fill).mean(0).cpu()
+            values = fn(model, x, own, predicted, steps=steps, fill=fill, mean=mean).mean(0).cpu()
             rows.append(pd.DataFrame({"method": name, "curve": curve, "fraction": fraction.numpy(),
                                       "probability": values.double().numpy()}))
     return pd.concat(rows, ignore_index=True)
 
 
 def tv_upsampling_ablation(model: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor, *, predicted, labels,
-                           steps: int, fill="mean", mask_options: Mapping | None = None) -> pd.DataFrame:
+                           steps: int, fill="mean", mean=None, mask_options: Mapping | None = None) -> pd.DataFrame:
     """Completeness and soundness of the sound mask with and without TV penalty and upsampling, per image.
     Gupta et al. (2022) justify both as what keeps the mask from "proving" any label. ``masks``
     [B, L, H, W]: the mask as defined (TV, upsampling 4), reused; the other settings of
     :data:`ABLATION_SETTINGS` are optimised by :func:`~saliency_sanity.methods.masks.sound_masks` for
     ``labels`` (a LongTensor [L], the same for every image) with ``mask_options`` (its steps, fill,
     ...). All are scored by :func:`~saliency_sanity.metrics.soundness.completeness_soundness`
-    (``predicted``, ``steps``, ``fill``). Columns: image, completeness, soundness, tv, upsampling.
+    (``predicted``, ``steps``, ``fill``, ``mean``). Columns: image, completeness, soundness, tv, upsampling.
     """
     options = {"progress": False, **(mask_options or {})}
     frames = []
@@ -199,7 +200,7 @@ def tv_upsampling_ablation(model: torch.nn.Module, x: torch.Tensor, masks: torch
         else:
             m = sound_masks(model, x, labels.repeat(len(x), 1), tv=tv, upsample=upsample, **options)
         scores = summarize_completeness_soundness(completeness_soundness(model, x, m, predicted=predicted,
-                                                                         steps=steps, fill=fill))
+                                                                         steps=steps, fill=fill, mean=mean))
         frames.append(scores.assign(tv=tv, upsampling=upsample))
     return pd.concat(frames, ignore_index=True)
 

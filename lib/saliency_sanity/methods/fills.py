@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from .._core.validation import check_images
-from ..data.images import FASHION_MNIST_MEAN
 
 FILLS = ("mean", "zeros", "blur", "random_images")
 FillSpec = Union[str, torch.Tensor]
@@ -47,7 +46,15 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def channel_mean(mean, x: torch.Tensor) -> torch.Tensor:
-    """The fill value ``mean`` (a number, or one number per channel) as a [C, 1, 1] tensor like ``x``."""
+    """The fill value ``mean`` (a number, or one number per channel) as a [C, 1, 1] tensor like ``x``.
+
+    There is no default: the mean belongs to the model's training data, and a wrong one (another
+    dataset's, a grey for an RGB model) would change every score without an error.
+    """
+    if mean is None:
+        raise ValueError("fill='mean' needs the per-channel mean of the model's training data: pass mean=... "
+                         "(e.g. saliency_sanity.data.FASHION_MNIST_MEAN, or (0.485, 0.456, 0.406) for ImageNet "
+                         "images in [0, 1]), or choose another fill")
     value = torch.as_tensor(mean, dtype=x.dtype, device=x.device).flatten()
     channels = x.shape[1]
     if value.numel() == 1:
@@ -86,13 +93,13 @@ def check_n_fill(n_fill) -> int:
     return n_fill
 
 
-def make_fills(x: torch.Tensor, fill: FillSpec, *, mean=FASHION_MNIST_MEAN, sigma: float = DEFAULT_SIGMA,
+def make_fills(x: torch.Tensor, fill: FillSpec, *, mean=None, sigma: float = DEFAULT_SIGMA,
                fill_images: torch.Tensor | None = None, n_fill: int = DEFAULT_N_FILL,
                seed: int = 0) -> torch.Tensor:
     """The values that replace removed pixels, one stack per image: [B, F, C, H, W].
 
     ``F`` is 1 except for ``"random_images"`` (``n_fill`` training images drawn per image, seeded).
-    ``"mean"`` is the per-channel dataset mean ``mean``, ``"zeros"`` black, ``"blur"`` the image
+    ``"mean"`` is the per-channel dataset mean ``mean`` (required, see :func:`channel_mean`), ``"zeros"`` black, ``"blur"`` the image
     blurred with a Gaussian of ``sigma`` pixels; a tensor is used as given and must broadcast to
     ``x``'s shape ([C, H, W], [B, C, H, W], [C, 1, 1], ...).
     """

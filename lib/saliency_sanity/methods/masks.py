@@ -20,9 +20,9 @@ Defaults for 28x28 inputs (the paper's are for 224x224):
 - the fill g: ``n_fill=10`` random training images per mask and step (probabilities averaged, as in
   the paper's code) when ``fill_images`` is given (pass training images: the evaluation fill stays
   the dataset mean, so the mask is not fitted to the evaluator's fill); otherwise the per-channel
-  dataset mean (``mean``, Fashion-MNIST's by default), a deviation kept as an option because it is
+  dataset mean (``mean``, which must then be given), a deviation kept as an option because it is
   deterministic and about ``n_fill`` times cheaper. ``fill`` also accepts the fills of
-  :func:`saliency_sanity.metrics.soundness.make_fills` (``"zeros"``, ``"blur"``, a tensor).
+  :func:`saliency_sanity.methods.fills.make_fills` (``"zeros"``, ``"blur"``, a tensor).
 Masks start at 0.5 everywhere (zero logits); ``seed`` drives the random fills only.
 """
 from __future__ import annotations
@@ -37,7 +37,6 @@ from tqdm.auto import tqdm
 from .._core.draws import single_seed
 from .._core.guard import preserved
 from .._core.validation import check_images, check_model
-from ..data.images import FASHION_MNIST_MEAN
 from .fills import (DEFAULT_N_FILL, DEFAULT_SIGMA, FILLS, check_fill_images, check_n_fill, label_log_probabilities,
                     make_fills)
 from .registry import register
@@ -91,7 +90,7 @@ def _check_labels(labels, x: torch.Tensor) -> torch.Tensor:
 def sound_masks(model: nn.Module, x: torch.Tensor, labels_per_image, *, steps: int = DEFAULT_STEPS,
                 lr: float = 0.05, lambda_area: float | None = None, lambda_tv: float = 0.01, tv: bool = True,
                 upsample: int = 4, fill=None, fill_images: torch.Tensor | None = None,
-                n_fill: int = DEFAULT_N_FILL, mean=FASHION_MNIST_MEAN, sigma: float = DEFAULT_SIGMA,
+                n_fill: int = DEFAULT_N_FILL, mean=None, sigma: float = DEFAULT_SIGMA,
                 softmax_over=None, seed: int = 0, progress: bool = True, return_losses: bool = False):
     """Optimise one mask per (image, label), all in one batch: [B, L, H, W] in [0, 1].
 
@@ -169,7 +168,7 @@ def sound_masks(model: nn.Module, x: torch.Tensor, labels_per_image, *, steps: i
 def sound_mask(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0, steps: int = DEFAULT_STEPS,
                lr: float = 0.05, lambda_area: float | None = None, lambda_tv: float = 0.01, tv: bool = True,
                upsample: int = 4, fill=None, fill_images: torch.Tensor | None = None,
-               n_fill: int = DEFAULT_N_FILL, mean=FASHION_MNIST_MEAN, sigma: float = DEFAULT_SIGMA,
+               n_fill: int = DEFAULT_N_FILL, mean=None, sigma: float = DEFAULT_SIGMA,
                softmax_over=None, progress: bool = False) -> torch.Tensor:
     """Gupta et al.'s sound mask for the target label, [B, H, W] in [0, 1] (see :func:`sound_masks`).
 

@@ -18,7 +18,6 @@ from torch import nn
 
 from .._core.guard import preserved
 from .._core.validation import check_images, check_model
-from ..data.images import FASHION_MNIST_MEAN
 from ..methods.fills import (DEFAULT_N_FILL, DEFAULT_SIGMA, FILLS, FillSpec, check_fill_images, draw_fill_indices,
                              gaussian_blur, label_log_probabilities, label_probabilities, make_fills, subset_positions)
 from ..methods.targets import TARGET_NAMES, resolve_targets
@@ -128,7 +127,7 @@ _CURVE_DOC = """
     ``maps`` [B, H, W] with ``labels`` [B] (or an int, or ``"top1"``/``"bottom1"``/``"random"``)
     gives [B, K+1]; ``maps`` [B, L, H, W] with ``labels`` [B, L] (or [L], shared) gives [B, L, K+1].
     Step i = 0..K acts on k = round(i/K * H*W) pixels, the most salient first (ties: earlier pixel
-    in row-major order). ``fill``: ``"mean"`` (per-channel ``mean``, default Fashion-MNIST's),
+    in row-major order). ``fill``: ``"mean"`` (the per-channel ``mean`` of the training data, which must be given),
     ``"zeros"``, ``"blur"`` (Gaussian, ``sigma`` pixels), ``"random_images"`` (``n_fill`` images
     drawn per image from ``fill_images`` with ``seed``, the same draws at every step and label,
     probabilities averaged, as in Gupta et al.'s code) or a tensor broadcasting to ``x``.
@@ -139,7 +138,7 @@ _CURVE_DOC = """
 
 
 def insertion_curve(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, labels, *,
-                    steps: int = DEFAULT_STEPS, fill: FillSpec = "mean", mean=FASHION_MNIST_MEAN,
+                    steps: int = DEFAULT_STEPS, fill: FillSpec = "mean", mean=None,
                     sigma: float = DEFAULT_SIGMA, fill_images: torch.Tensor | None = None,
                     n_fill: int = DEFAULT_N_FILL, softmax_over=None, batch_size: int = 256,
                     seed: int = 0) -> torch.Tensor:
@@ -149,7 +148,7 @@ def insertion_curve(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, label
 
 
 def deletion_curve(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, labels, *,
-                   steps: int = DEFAULT_STEPS, fill: FillSpec = "mean", mean=FASHION_MNIST_MEAN,
+                   steps: int = DEFAULT_STEPS, fill: FillSpec = "mean", mean=None,
                    sigma: float = DEFAULT_SIGMA, fill_images: torch.Tensor | None = None,
                    n_fill: int = DEFAULT_N_FILL, softmax_over=None, batch_size: int = 256,
                    seed: int = 0) -> torch.Tensor:
