@@ -1,4 +1,4 @@
-"""The chapters' figure loops (book/chapter_figures.py): one figure per architecture and mode under its
+"""The chapters' figure loops (book/chapters/figures.py): one figure per architecture and mode under its
 stable name, the data each one draws, and the maps of one image per stage and per explained class."""
 from types import SimpleNamespace
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from saliency_sanity.book import chapter_figures as figures
+from saliency_sanity.book.chapters import figures
 from saliency_sanity.book.plotting import stage_label
 from saliency_sanity.checks import paper_methods
 from saliency_sanity.methods.many import attribute_many

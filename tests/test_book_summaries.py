@@ -1,4 +1,4 @@
-"""The chapters' glued numbers (book/*_summary.py, book/glue_values.py) on small hand-made tables.
+"""The chapters' glued numbers (book/chapters/*.py, book/glue.py) on small hand-made tables.
 
 Constant values make every bootstrap interval a point (low = mean = high), so each glued value is
 known by hand; one method per table varies across the bound of 0.2 to be "neither".
@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-from saliency_sanity.book import class_summary as cs
-from saliency_sanity.book import data_randomization_summary as dr
-from saliency_sanity.book import positive_summary as ph
-from saliency_sanity.book import randomization_summary as rs
-from saliency_sanity.book.chapter import glue_key
-from saliency_sanity.book.glue_values import glue_all, interval_values, n_changed, n_similar
+from saliency_sanity.book.chapters import class_sensitivity as cs
+from saliency_sanity.book.chapters import data_randomization as dr
+from saliency_sanity.book.chapters import positive_handling as ph
+from saliency_sanity.book.chapters import randomization as rs
+from saliency_sanity.book.glue import glue_key
+from saliency_sanity.book.glue import glue_all, interval_values, n_changed, n_similar
 from saliency_sanity.training.train import TrainConfig, training_labels, training_subset
 from saliency_sanity.data.images import ImageSet
 

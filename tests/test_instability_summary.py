@@ -1,4 +1,4 @@
-"""The instability chapter's summaries (book/instability_summary.py) on small inputs with
+"""The instability chapter's summaries (book/chapters/instability.py) on small inputs with
 hand-computed answers: map agreement across runs, its gaps, the tension table and the mitigations."""
 import math
 from types import SimpleNamespace
@@ -12,7 +12,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from saliency_sanity import METHODS
-from saliency_sanity.book.instability_summary import (EDGE_CONTROL, MITIGATION_NAMES, TOP1, TRUE_LABEL,
+from saliency_sanity.book.chapters.instability import (EDGE_CONTROL, MITIGATION_NAMES, TOP1, TRUE_LABEL,
                                                       agreement_by_method, agreement_gaps, agreement_values,
                                                       map_agreement_table, mitigation_summary, mitigation_values,
                                                       mitigation_verdicts, tension_table, tension_values)

@@ -121,7 +121,7 @@ def test_interval_text_never_prints_nan():
 
 
 def test_glue_key_joins_parts_with_one_underscore():
-    from saliency_sanity.book.chapter import glue_key
+    from saliency_sanity.book.glue import glue_key
 
     assert glue_key("cs", "vgg", "top1 vs bottom1", "gradcam/positive") == "cs_vgg_top1_vs_bottom1_gradcam_positive"
 

@@ -1,4 +1,4 @@
-"""The soundness chapter's summaries (book/soundness_summary.py), the per-label maps and the paired
+"""The soundness chapter's summaries (book/chapters/soundness.py), the per-label maps and the paired
 bootstrap behind them, on small inputs with hand-computed answers."""
 import math
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from saliency_sanity import METHODS, attribute
-from saliency_sanity.book.soundness_summary import (ABLATION_SETTINGS, ablation_summary, fill_effect,
+from saliency_sanity.book.chapters.soundness import (ABLATION_SETTINGS, ablation_summary, fill_effect,
                                                     fill_effect_values, insertion_deletion_table, loss_convergence,
                                                     mask_against_registry, method_table, method_values,
                                                     scores_per_image, tv_upsampling_ablation, versus)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-import re
 
 import torch
 
@@ -17,23 +16,6 @@ from .._core.device import resolve_device
 from ..data.images import ImageSet, load_fashion_mnist
 from ..training.train import TrainConfig, TrainedModel, train_model, train_profile_models
 from .profiles import Profile, get_profile
-
-
-def glue_key(*parts) -> str:
-    """A glue key from its parts, every run of non-word characters made one ``_``
-    (``"cs", "vgg", "top1 vs bottom1", "gradcam/positive"`` -> ``cs_vgg_top1_vs_bottom1_gradcam_positive``)."""
-    return re.sub(r"\W+", "_", "_".join(str(p) for p in parts))
-
-
-def glue_interval(key: str, mean: float, low: float, high: float) -> None:
-    """Glue ``key`` (the mean), ``key_low``, ``key_high`` and ``key_text`` (the mean and interval in words)."""
-    from myst_nb import glue
-
-    from ..metrics.statistics import interval_text
-
-    for suffix, value in (("", mean), ("_low", low), ("_high", high)):
-        glue(key + suffix, float(value), display=False)
-    glue(key + "_text", interval_text(mean, low, high, words=True), display=False)
 
 
 @dataclass

@@ -13,9 +13,6 @@ import pandas as pd
 from ..metrics.statistics import VERDICTS, verdict
 from .claims import CLAIMS
 from .verdicts import ALPHA, Claim, Part, Tables, combine
-# the bounds and rules live in .verdicts; names the notebooks still import from here
-from .verdicts import (CONVERGED, PAIR, READING, SAME_RANKING, SIMILAR, SOURCE_NAMES,  # noqa: F401
-                       similar_or_changed)
 
 
 def scorecard(tables: Tables, claims: tuple[Claim, ...] = CLAIMS) -> pd.DataFrame:

@@ -11,11 +11,11 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-from ..checks.requests import handling
-from ..metrics.statistics import bootstrap_intervals, holm, interval_cells, paired_contrasts
-from .chapter import glue_key
-from .glue_values import interval_values, n_changed, n_similar
-from .verdicts import ALPHA, PAIR, READING, SIMILAR, similar_or_changed
+from ...checks.requests import handling
+from ...metrics.statistics import bootstrap_intervals, holm, interval_cells, paired_contrasts
+from ..glue import glue_key
+from ..glue import interval_values, n_changed, n_similar
+from ..verdicts import ALPHA, PAIR, READING, SIMILAR, similar_or_changed
 
 COLUMNS = ("mean", "low", "high", "n", "undefined", "n_units")
 # the thesis in counts: methods that keep only the positive part against those that keep the sign

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..metrics.statistics import bootstrap_intervals, interval_cells
-from .chapter import glue_key
-from .glue_values import interval_values, n_changed, n_similar
-from .verdicts import SIMILAR, similar_or_changed
+from ...metrics.statistics import bootstrap_intervals, interval_cells
+from ..glue import glue_key
+from ..glue import interval_values, n_changed, n_similar
+from ..verdicts import SIMILAR, similar_or_changed
 
 BY = ["arch", "pair", "label"]
 # the glue prefix of each quantity's interval: the value, its null, the excess over the null

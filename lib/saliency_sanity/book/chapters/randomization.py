@@ -3,17 +3,17 @@
 Adebayo et al. (2018), Sec. 4 (model parameter randomization), read at the top half of the layers as
 Sixt et al. (2020) do; the calibration of the support-preserving null beside it. Every function takes
 the tidy tables of :func:`~saliency_sanity.checks.readings.randomization_readings` (or their intervals)
-and returns what the chapter glues, ``{key: value}`` (see :mod:`saliency_sanity.book.glue_values`).
+and returns what the chapter glues, ``{key: value}`` (see :mod:`saliency_sanity.book.glue`).
 """
 from __future__ import annotations
 
 import pandas as pd
 
-from ..checks.readings import top_stage
-from ..metrics.statistics import bootstrap_intervals, interval_cells, interval_text
-from .chapter import glue_key
-from .glue_values import interval_values, n_changed, n_similar
-from .verdicts import similar_or_changed
+from ...checks.readings import top_stage
+from ...metrics.statistics import bootstrap_intervals, interval_cells, interval_text
+from ..glue import glue_key
+from ..glue import interval_values, n_changed, n_similar
+from ..verdicts import similar_or_changed
 
 BY = ["arch", "label", "metric", "reading"]
 KINDS = ("excess", "value", "null")  # what an interval is of, in the order the chapter glues them

@@ -11,10 +11,10 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..checks.randomize import randomized
-from ..methods.many import attribute_many
-from . import plotting
-from .data_randomization_summary import FIT
+from ...checks.randomize import randomized
+from ...methods.many import attribute_many
+from .. import plotting
+from .data_randomization import FIT
 
 
 def save_randomization_curves(ch, frames: Mapping[str, pd.DataFrame]) -> None:

@@ -12,13 +12,13 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from ..checks.data_randomization import config_differences, fit_accuracy, label_agreement, optimisation_steps
-from ..checks.requests import handling, paper_methods
-from ..checks.tables import similarity_means
-from ..metrics.statistics import bootstrap_intervals, interval_cells
-from .chapter import glue_key
-from .glue_values import interval_values, n_changed, n_similar
-from .verdicts import similar_or_changed
+from ...checks.data_randomization import config_differences, fit_accuracy, label_agreement, optimisation_steps
+from ...checks.requests import handling, paper_methods
+from ...checks.tables import similarity_means
+from ...metrics.statistics import bootstrap_intervals, interval_cells
+from ..glue import glue_key
+from ..glue import interval_values, n_changed, n_similar
+from ..verdicts import similar_or_changed
 
 FIT = 0.95  # Adebayo et al.: permuted-label training accuracy above 95 %
 FIT_ACCURACY = "training accuracy (own labels, final weights)"

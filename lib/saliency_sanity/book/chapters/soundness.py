@@ -4,7 +4,7 @@ Every method's completeness and soundness per image and as a ranked table, the s
 the median method of the registry, the effect of the fill the mask is trained with (paired over
 images), the convergence of the mask's optimisation and the TV x upsampling ablation. Functions that
 feed the book's prose return ``{glue key: value}``, the chapter's keys (made by
-:func:`~saliency_sanity.book.chapter.glue_key` where they hold a method's name) with plain ``int``,
+:func:`~saliency_sanity.book.glue.glue_key` where they hold a method's name) with plain ``int``,
 ``float`` or ``str`` values, the words chosen to read in a sentence.
 """
 from __future__ import annotations
@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..methods.masks import sound_masks
-from ..metrics.soundness import (completeness_soundness, deletion_curve, insertion_curve,
+from ...methods.masks import sound_masks
+from ...metrics.soundness import (completeness_soundness, deletion_curve, insertion_curve,
                                  summarize_completeness_soundness)
-from ..metrics.statistics import paired_bootstrap
-from .chapter import glue_key
+from ...metrics.statistics import paired_bootstrap
+from ..glue import glue_key
 
 SCORES = ("completeness", "soundness")
 # (TV penalty, upsampling) of the ablation, the method as defined first
@@ -58,7 +58,7 @@ def method_table(per_image: pd.DataFrame, seconds: Mapping[str, float] | None = 
 def method_values(table: pd.DataFrame) -> dict:
     """Each method's mean completeness and soundness under the chapter's keys.
     Gupta et al. (2022). ``table``: :func:`method_table`; keys ``cs_<method>_completeness`` and
-    ``cs_<method>_soundness`` (:func:`~saliency_sanity.book.chapter.glue_key`), in the table's order.
+    ``cs_<method>_soundness`` (:func:`~saliency_sanity.book.glue.glue_key`), in the table's order.
     """
     values = {}
     for name, row in table.iterrows():

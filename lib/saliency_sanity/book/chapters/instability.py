@@ -4,7 +4,7 @@ The agreement of the maps of retrained models on stable and unstable test images
 (each model's own top-1 class and one fixed class), the tension between stability and sensitivity
 to the model, and each mitigation's accuracy, instability, churn and map stability against the
 ensemble. Functions that feed the book's prose return ``{glue key: value}``, the chapter's keys (made
-by :func:`~saliency_sanity.book.chapter.glue_key` where they hold a method's name) with plain ``int``,
+by :func:`~saliency_sanity.book.glue.glue_key` where they hold a method's name) with plain ``int``,
 ``float`` or ``str`` values, the words chosen to read in a sentence.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Mapping, Sequence
 import pandas as pd
 import torch
 
-from ..metrics.stability import instability_table, map_stability, map_stability_table, pairwise_churn, run_maps
-from ..training.mitigation import compare_to_ensemble
-from .chapter import glue_key
+from ...metrics.stability import instability_table, map_stability, map_stability_table, pairwise_churn, run_maps
+from ...training.mitigation import compare_to_ensemble
+from ..glue import glue_key
 
 EDGE_CONTROL = "control: edge detector"  # the model-ignoring map (Adebayo et al. 2018)
 TOP1, TRUE_LABEL = "top1", "true label"  # the two targets: each model's own class, one fixed class
@@ -70,7 +70,7 @@ def agreement_values(by_method: pd.DataFrame, *, top1: str = TOP1) -> dict:
     """Each method's mean map agreement on stable and on unstable images under the chapter's keys.
     After Datta et al. (2023). ``by_method``: :func:`agreement_by_method`; keys
     ``mapstab_<method>_stable`` and ``_unstable`` for target ``top1``, ``mapstab_true_<method>_...``
-    for the other (:func:`~saliency_sanity.book.chapter.glue_key`).
+    for the other (:func:`~saliency_sanity.book.glue.glue_key`).
     """
     values = {}
     for (target, method), row in by_method.iterrows():
