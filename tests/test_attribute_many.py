@@ -7,10 +7,17 @@ from torch import nn
 
 from peers import without_inplace
 from saliency_sanity import attribute, attribute_many
+from saliency_sanity.methods import METHODS
 from saliency_sanity.methods.shared_pass import run_pass
 from saliency_sanity.models.architectures import build_model
 
 SHARED = ["gradient", "input_x_gradient", "gradcam", "gradcam_pp", "fullgrad"]
+
+
+def test_the_registry_marks_exactly_the_methods_read_off_the_shared_pass():
+    """attribute_many reads every method the registry marks ``shared_pass`` off one pass; the one
+    forward counted below holds only if the flag and the readers agree."""
+    assert sorted(n for n, spec in METHODS.items() if spec.shared_pass) == sorted(SHARED)
 CLOSE = dict(rtol=1e-5, atol=1e-6)  # float32; the same operations, only the batching of the reads differs
 
 

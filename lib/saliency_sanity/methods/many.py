@@ -29,9 +29,6 @@ def _check_options(name: str, options: dict) -> None:
         raise TypeError(f"{name} got unexpected option(s) {sorted(unknown)}; it takes {sorted(accepted)}")
 
 
-SHARED_READERS = ("gradient", "input_x_gradient", "gradcam", "gradcam_pp", "fullgrad")
-
-
 def attribute_many(model: nn.Module, x: torch.Tensor, target="top1", methods: Iterable = ("gradient",), *,
                    reduce: str | None = "sum", seed: int = 0, options: dict | None = None) -> dict[str, torch.Tensor]:
     """Maps of several methods for the same images and targets, as ``{label: map}``.
@@ -53,9 +50,9 @@ def attribute_many(model: nn.Module, x: torch.Tensor, target="top1", methods: It
         _check_options(name, opts)
     out: dict[str, torch.Tensor] = {}
     with preserved(model):
-        # methods this module knows how to read off a PassRecord (see the readers below)
+        # the methods the registry marks shared_pass are read off one PassRecord (the readers below)
         shared = [(lab, name, {**get_method(name).defaults, **opts}) for lab, name, opts in requests
-                  if name in SHARED_READERS]
+                  if get_method(name).shared_pass]
         layers: list[str] = []
         for _, name, opts in shared:
             if "aggregation" in opts:
@@ -72,9 +69,9 @@ def attribute_many(model: nn.Module, x: torch.Tensor, target="top1", methods: It
             readers = {
                 "gradient": lambda o: reduce_channels(gradient_from(record), reduce),
                 "input_x_gradient": lambda o: reduce_channels(input_x_gradient_from(record), reduce),
-                "gradcam": lambda o: gradcam_from(record, o["layer"], o["aggregation"], o.get("relu", True)),
-                "gradcam_pp": lambda o: gradcam_pp_from(record, o["layer"], o["aggregation"], o.get("relu", True)),
-                "fullgrad": lambda o: fullgrad_from(record, model, o["aggregation"], o.get("normalize", "per_sample")),
+                "gradcam": lambda o: gradcam_from(record, o["layer"], o["aggregation"], o["relu"]),
+                "gradcam_pp": lambda o: gradcam_pp_from(record, o["layer"], o["aggregation"], o["relu"]),
+                "fullgrad": lambda o: fullgrad_from(record, model, o["aggregation"], o["normalize"]),
             }
             for lab, name, opts in shared:
                 out[lab] = readers[name](opts)
