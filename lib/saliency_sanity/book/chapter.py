@@ -14,7 +14,8 @@ import torch
 from . import plotting
 from .._core.device import resolve_device
 from ..data.images import ImageSet, load_fashion_mnist
-from ..training.train import TrainConfig, TrainedModel, train_model, train_profile_models
+from ..training.config import TrainConfig
+from ..training.train import TrainedModel, train_model, train_profile_models
 from .profiles import Profile, get_profile
 
 

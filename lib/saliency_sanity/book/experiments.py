@@ -16,7 +16,7 @@ from ..checks.convergence import cosine_convergence
 from ..checks.efficient import efficient_mprt
 from ..checks.mprt import randomization_test, smooth_mprt
 from ..checks.requests import DEFAULT_METRICS, handling
-from ..training.train import config_key
+from ..training.config import config_key
 
 # the ResNet's residual blocks are its stages: randomizing inside a block breaks the identity path
 UNITS = {"vgg": "layer", "resnet": "block"}

@@ -26,7 +26,8 @@ from ..data.images import ImageSet
 from ..methods.many import attribute_many
 from ..methods.requests import method_requests
 from ..metrics.similarity import check_metrics
-from ..training.train import TrainConfig, TrainedModel, predict_logits, train_model, training_labels, training_subset
+from ..training.config import TrainConfig, training_labels, training_subset
+from ..training.train import TrainedModel, predict_logits, train_model
 from .requests import DEFAULT_METRICS, _variant
 from .tables import _image_ids, _null_index, _pair_rows, _stacked_similarities, canonical_order
 

@@ -24,7 +24,8 @@ from torch import nn
 
 if TYPE_CHECKING:  # the functions below import training lazily: it is the heavier module
     from ..data.images import ImageSet
-    from .train import TrainConfig, TrainedModel
+    from .config import TrainConfig
+    from .train import TrainedModel
 
 MITIGATIONS = ("none", "label_smoothing", "confidence_penalty", "distillation", "localized_distillation", "ensemble")
 # The mitigations that train students of a teacher (the teacher is shared: same config, same cache).
