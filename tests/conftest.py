@@ -1,13 +1,18 @@
-"""Shared fixtures: small seeded models and images, and an isolated cache folder per test."""
+"""Shared fixtures: small seeded models and images, and an isolated cache folder per test.
+
+The test files in every folder import the shared helpers as ``helpers.<module>`` (``tests/helpers/``):
+``pythonpath = ["tests"]`` in pyproject.toml puts ``tests/`` on ``sys.path``."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from saliency_sanity.models.architectures import build_model
+pytest.register_assert_rewrite("helpers")  # before any import of it: its asserts explain their failures
+
+from helpers.paths import ROOT  # noqa: E402
+from saliency_sanity.models.architectures import build_model  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -29,9 +34,6 @@ def project_model(request):
 def images():
     gen = torch.Generator().manual_seed(0)
     return torch.rand(3, 1, 28, 28, generator=gen)
-
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
