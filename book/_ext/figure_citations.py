@@ -7,7 +7,7 @@ Which figures
 
 Which notebook made a figure
     Each executed notebook in ``book/generated`` records the files it wrote in
-    ``metadata.saliency_sanity.outputs`` (see :mod:`saliency_sanity.book.reproduce`); the notebook whose
+    ``metadata.saliency_sanity.outputs`` (see :mod:`saliency_sanity.book.execution`); the notebook whose
     outputs hold ``<stem>.png`` made the figure. Notebooks executed before that record existed carry
     none: for them the code cells are searched for the call that saved the figure
     (``ch.save(fig, "name")`` or ``save_figure(fig, "name")``, an f-string name matching as a pattern).
@@ -164,7 +164,7 @@ def build_profile(generated: Path) -> str:
 
 
 def default_parameters(profile: str) -> dict:
-    """The papermill parameters ``reproduce`` passes (:func:`saliency_sanity.book.reproduce.papermill_parameters`)."""
+    """The papermill parameters ``reproduce`` passes (:func:`saliency_sanity.book.layout.papermill_parameters`)."""
     return {"profile": profile, "figures_dir": FIGURES_DIR}
 
 

@@ -1,4 +1,4 @@
-"""Rebuilds execute only the notebooks whose inputs changed (saliency_sanity.book.reproduce).
+"""Rebuilds execute only the notebooks whose inputs changed (saliency_sanity.book.execution).
 
 A tiny book of three notebooks, really executed by papermill: ``a_writer`` writes a table,
 ``b_figure`` a figure, ``c_reader`` reads the table (its source calls ``read_table(``). Every
@@ -15,7 +15,7 @@ import pytest
 
 from saliency_sanity import cli
 from saliency_sanity._core import cache
-from saliency_sanity.book import reproduce
+from saliency_sanity.book import execution, reproduce
 from saliency_sanity.book.profiles import PROFILES
 
 NAMES = ("a_writer", "b_figure", "c_reader")
@@ -66,7 +66,7 @@ def _make_book(root: Path) -> Path:
 
 
 def _build(root: Path, profile: str = "smoke", **kwargs):
-    return reproduce.execute_notebooks(root, root, profile, progress=False, **kwargs)
+    return execution.execute_notebooks(root, root, profile, progress=False, **kwargs)
 
 
 def _log(root: Path) -> list[str]:
@@ -80,7 +80,7 @@ def _ran(root: Path, before: int) -> list[str]:
 
 
 def _statuses(root: Path, profile: str = "smoke") -> dict[str, str]:
-    data = json.loads((root / reproduce.EXECUTION).read_text())
+    data = json.loads((root / execution.EXECUTION).read_text())
     return {Path(n).stem: r["status"] for n, r in data[profile].items()}
 
 
@@ -119,7 +119,7 @@ def test_the_first_build_keeps_keys_outputs_and_a_record(book):
     assert outputs == {"a_writer": ["book/generated/tables/t.csv"], "b_figure": ["book/figures/b.txt"],
                        "c_reader": ["book/figures/c.txt"]}
     assert _statuses(book) == dict.fromkeys(NAMES, "executed")
-    timings = json.loads((book / reproduce.TIMINGS).read_text())["smoke"]
+    timings = json.loads((book / execution.TIMINGS).read_text())["smoke"]
     assert set(timings) == {f"{n}.ipynb" for n in NAMES}
 
 
@@ -138,7 +138,7 @@ def test_a_second_build_reuses_every_notebook_without_a_kernel(book, monkeypatch
     assert all((book / "book" / "generated" / f"{n}.ipynb").read_bytes() == executed[n] for n in NAMES)
     assert "reused 3 unchanged notebook(s): a_writer.ipynb, b_figure.ipynb, c_reader.ipynb" in capsys.readouterr().out
     # the reproducibility chapter's table
-    table = reproduce.execution_table("smoke", book)
+    table = execution.execution_table("smoke", book)
     assert list(table["notebook"]) == list(NAMES)
     assert list(table["this build"]) == ["reused"] * 3
     assert all(len(k) == 8 for k in table["key"])
@@ -162,14 +162,14 @@ def test_only_executes_the_named_notebook_and_a_later_build_catches_its_reader_u
     assert list(records) == ["a_writer.ipynb"] and _ran(book, 3) == ["a_writer"]
     assert records["a_writer.ipynb"]["reason"] == "named in --only"
     # c_reader's key chains a_writer's: the next full build executes it, though a_writer is reused
-    plan = {s.name: s for s in reproduce.plan_execution(book, book, "smoke")}
+    plan = {s.name: s for s in execution.plan_execution(book, book, "smoke")}
     assert {n: s.action for n, s in plan.items()} == {
         "a_writer.ipynb": "reuse", "b_figure.ipynb": "reuse", "c_reader.ipynb": "execute"}
     assert plan["c_reader.ipynb"].reason == "changed: earlier notebooks"
     # --only executes a notebook even when nothing changed
-    assert [s.action for s in reproduce.plan_execution(book, book, "smoke", only=["b_figure"])] == ["execute"]
+    assert [s.action for s in execution.plan_execution(book, book, "smoke", only=["b_figure"])] == ["execute"]
     with pytest.raises(ValueError, match="unknown notebook"):
-        reproduce.plan_execution(book, book, "smoke", only=["nope"])
+        execution.plan_execution(book, book, "smoke", only=["nope"])
 
 
 def test_changing_the_profile_reexecutes_every_notebook(book):
@@ -180,14 +180,14 @@ def test_changing_the_profile_reexecutes_every_notebook(book):
 
 
 def test_changed_profile_settings_or_package_source_change_the_key(book, monkeypatch):
-    assert {s.action for s in reproduce.plan_execution(book, book, "smoke")} == {"reuse"}
+    assert {s.action for s in execution.plan_execution(book, book, "smoke")} == {"reuse"}
     monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], n_images=PROFILES["smoke"].n_images + 1))
-    steps = reproduce.plan_execution(book, book, "smoke")
+    steps = execution.plan_execution(book, book, "smoke")
     assert [s.action for s in steps] == ["execute"] * 3
     assert steps[0].reason == "changed: profile settings"
     monkeypatch.undo()
     monkeypatch.setattr(cache, "source_hash", lambda length=16: "0" * length)
-    steps = reproduce.plan_execution(book, book, "smoke")
+    steps = execution.plan_execution(book, book, "smoke")
     assert [s.action for s in steps] == ["execute"] * 3
     assert steps[1].reason == "changed: package source"
 
@@ -210,12 +210,12 @@ def test_a_deleted_executed_notebook_is_reexecuted_with_the_readers_after_it(boo
 
 def test_a_missing_table_reexecutes_the_notebook_that_wrote_it(book):
     (book / "book" / "generated" / "tables" / "t.csv").unlink()
-    steps = reproduce.plan_execution(book, book, "smoke")
+    steps = execution.plan_execution(book, book, "smoke")
     assert [s.action for s in steps] == ["execute", "reuse", "execute"]
     assert steps[0].reason == "missing output: book/generated/tables/t.csv"
     (book / "book" / "figures" / "c.txt").unlink()  # the reader's own figure
     (book / "book" / "generated" / "tables" / "t.csv").write_text("version,profile\nv1,smoke\n")
-    assert [s.action for s in reproduce.plan_execution(book, book, "smoke")] == ["reuse", "reuse", "execute"]
+    assert [s.action for s in execution.plan_execution(book, book, "smoke")] == ["reuse", "reuse", "execute"]
 
 
 def test_a_failing_notebook_is_recorded_and_executed_again_next_time(book):
@@ -229,4 +229,4 @@ def test_a_failing_notebook_is_recorded_and_executed_again_next_time(book):
     # the last good executed notebook stays, with its old key; no partial notebook is left
     assert (book / "book" / "generated" / "b_figure.ipynb").read_bytes() == before
     assert not list((book / "book" / "generated").glob("*.partial.ipynb"))
-    assert [s.action for s in reproduce.plan_execution(book, book, "smoke")] == ["reuse", "execute", "execute"]
+    assert [s.action for s in execution.plan_execution(book, book, "smoke")] == ["reuse", "execute", "execute"]

@@ -34,7 +34,7 @@ def test_reproduce_smoke_builds_the_book_with_figures(smoke_site):
 
 @pytest.mark.slow
 def test_every_toc_notebook_was_executed(smoke_site):
-    from saliency_sanity.book.reproduce import toc_notebooks
+    from saliency_sanity.book.layout import toc_notebooks
 
     for name in toc_notebooks(ROOT):
         nb = nbformat.read(smoke_site / "book" / "generated" / name, as_version=4)
