@@ -2,7 +2,9 @@
 
 Fails on a page that does not load, an image that does not render, a broken internal link, an
 in-page anchor (``#fragment``) that names no element on its target page, or a figure without its
-caption; saves screenshots of the home page and one results page.
+caption. Keeps a full-page screenshot of the home page and of every results page (every page with a
+figure) as build artefacts in ``book/_build/screenshots/`` of the checkout (or
+``$SALIENCY_SANITY_SCREENSHOTS``), replacing those of the previous run.
 
 A missing browser is a failure, never a skip: ``make test`` installs Debian's chromium (as root
 with apt). To leave this test out on purpose, deselect it: ``pytest -m "not slow"`` or
@@ -11,6 +13,8 @@ with apt). To leave this test out on purpose, deselect it: ``pytest -m "not slow
 import functools
 import http.server
 import importlib
+import os
+from pathlib import Path
 import shutil
 import sys
 import threading
@@ -18,6 +22,9 @@ from urllib.parse import unquote, urldefrag, urljoin, urlparse
 
 import pytest
 
+from helpers.paths import ROOT
+
+SCREENSHOTS = Path(os.environ.get("SALIENCY_SANITY_SCREENSHOTS", ROOT / "book" / "_build" / "screenshots"))
 INSTALL_HINT = ("install it with `make browser` (as root: apt-get install chromium) or "
                 "`sudo apt-get install chromium`; to leave this test out on purpose, run "
                 "`pytest -m \"not slow\"` or `make test-fast`")
@@ -76,8 +83,11 @@ def test_every_page_loads_with_images_links_anchors_and_captions(served_site):
                    and p != html / "index.html")  # the root index is a redirect, checked below
     assert "book/models.html" in pages and "book/intro.html" in pages
     problems = []
-    shots = html.parent / "screenshots"
-    shots.mkdir(exist_ok=True)
+    shots = SCREENSHOTS
+    shots.mkdir(parents=True, exist_ok=True)
+    for old in shots.glob("*.png"):  # the artefacts are this build's, never a mix with an older one
+        old.unlink()
+    results_pages: dict[str, Path] = {}  # page -> its screenshot
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -101,6 +111,9 @@ def test_every_page_loads_with_images_links_anchors_and_captions(served_site):
                           "!f.querySelector('figcaption').innerText.trim()).length")
             if uncaptioned:
                 problems.append(f"{rel}: {uncaptioned} figure(s) without a caption")
+            if page.locator("figure").count():  # a results page: keep what a reader sees
+                results_pages[rel] = shots / (rel.removesuffix(".html").replace("/", "__") + ".png")
+                page.screenshot(path=str(results_pages[rel]), full_page=True)
             for href in page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)"):
                 url, fragment = urldefrag(urljoin(base + rel, href))
                 if not url.startswith(base):
@@ -126,8 +139,13 @@ def test_every_page_loads_with_images_links_anchors_and_captions(served_site):
         page.goto(base + "index.html")
         page.wait_for_url("**/book/intro.html")
         page.screenshot(path=str(shots / "home.png"), full_page=True)
-        page.goto(base + "book/models.html", wait_until="load")
-        page.screenshot(path=str(shots / "results.png"), full_page=True)
         browser.close()
     assert not problems, "\n".join(sorted(set(problems)))
     assert (shots / "home.png").stat().st_size > 10_000
+    # every chapter with results is among the screenshots, each an image of a real page
+    chapters = {"book/models.html", "book/randomization.html", "book/class_sensitivity.html",
+                "book/positive_handling.html", "book/soundness.html", "book/instability.html", "book/scorecard.html"}
+    assert chapters <= set(results_pages), f"results pages without a screenshot: {sorted(chapters - set(results_pages))}"
+    small = [rel for rel, png in results_pages.items() if png.stat().st_size <= 10_000]
+    assert not small, f"screenshots too small to show a page: {small}"
+    print(f"{len(results_pages)} results pages and the home page kept as screenshots in {shots}")
