@@ -230,3 +230,21 @@ def test_a_failing_notebook_is_recorded_and_executed_again_next_time(book):
     assert (book / "book" / "generated" / "b_figure.ipynb").read_bytes() == before
     assert not list((book / "book" / "generated").glob("*.partial.ipynb"))
     assert [s.action for s in execution.plan_execution(book, book, "smoke")] == ["reuse", "execute", "execute"]
+
+
+def test_time_goals_sum_each_profiles_recorded_notebooks(tmp_path):
+    """The reproducibility chapter's time-goal table: the sum of the last executions per profile against
+    its goal (5 min smoke, 30 min default), "no goal" for a profile without one."""
+    from saliency_sanity.book.profiles import TIME_GOAL_MINUTES
+
+    path = tmp_path / execution.TIMINGS
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"smoke": {"a.ipynb": 120.0, "b.ipynb": 200.0},
+                                "default": {"a.ipynb": 1500.0, "b.ipynb": 300.0}, "full": {"a.ipynb": 60.0}}))
+    table = execution.time_goals(tmp_path).set_index("profile")
+    assert TIME_GOAL_MINUTES == {"smoke": 5, "default": 30}
+    assert table.loc["smoke", "minutes"] == pytest.approx(320 / 60, abs=0.05)
+    assert table.loc["smoke", "verdict"] == "above the goal"  # 5.3 > 5
+    assert table.loc["default", "verdict"] == "within the goal"  # exactly 30.0 is within
+    assert table.loc["full", "verdict"] == "no goal" and table.loc["smoke", "notebooks"] == 2
+    assert execution.time_goals(tmp_path / "empty").empty

@@ -260,6 +260,31 @@ def _record_timing(site: Path, profile: str, name: str, seconds: float) -> None:
     cache.atomic_write_json(data, path)
 
 
+def time_goals(site: Path | str = ".") -> "pandas.DataFrame":
+    """The recorded run time of each profile's notebooks against its goal (:data:`profiles.TIME_GOAL_MINUTES`).
+
+    One row per profile with timings: ``notebooks`` (how many have a recorded execution), ``minutes``
+    (the sum of their last executions' seconds / 60; training inside a notebook included, the
+    jupyter-book build not), ``goal`` (minutes; NaN where the profile has none) and ``verdict``
+    ("within the goal" / "above the goal" / "no goal"). The sum is the time of a build that executes
+    every notebook once with the caches as they were at each notebook's last execution.
+    """
+    import pandas as pd
+
+    from .profiles import TIME_GOAL_MINUTES
+
+    path = Path(site) / TIMINGS
+    timings = json.loads(path.read_text()) if path.is_file() else {}
+    rows = []
+    for profile, notebooks in timings.items():
+        minutes = sum(notebooks.values()) / 60
+        goal = TIME_GOAL_MINUTES.get(profile, float("nan"))
+        verdict = "no goal" if goal != goal else "within the goal" if minutes <= goal else "above the goal"
+        rows.append({"profile": profile, "notebooks": len(notebooks), "minutes": round(minutes, 1),
+                     "goal": goal, "verdict": verdict})
+    return pd.DataFrame(rows, columns=["profile", "notebooks", "minutes", "goal", "verdict"])
+
+
 def execution_table(profile: str, site: Path | str = ".") -> "pandas.DataFrame":
     """What the build did with each notebook under ``profile``: executed or reused, why, its key
     (short) and the seconds of its last execution; from ``book/generated/execution.json``."""

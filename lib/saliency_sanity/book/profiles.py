@@ -68,6 +68,11 @@ PROFILES = {
 }
 
 
+# How long a build from an empty cache may take on 2 CPU cores (issue #17), minutes of notebook execution;
+# the reproducibility chapter compares the recorded run times with them
+TIME_GOAL_MINUTES = {"smoke": 5, "default": 30}
+
+
 def get_profile(name: str, **overrides) -> Profile:
     """The profile called ``name`` with notebook parameters that are not None overriding its fields.
 
