@@ -19,11 +19,14 @@ _HOOK_DICTS = (
 
 
 @contextlib.contextmanager
-def preserved(model: nn.Module, *, eval_mode: bool = True, weights: bool = False) -> Iterator[nn.Module]:
+def preserved(model: nn.Module, *, eval_mode: bool = True, weights: bool = False,
+              frozen: bool = False) -> Iterator[nn.Module]:
     """Run a block on ``model`` and restore its train/eval mode, ``requires_grad`` flags and hooks.
 
     With ``eval_mode`` the block sees the model in eval mode (dropout off, BatchNorm on running
-    statistics), which is what a saliency map of a trained model must use. With ``weights`` the
+    statistics), which is what a saliency map of a trained model must use. With ``frozen`` no
+    parameter requires a gradient inside the block (a map needs the input's gradient only, and the
+    weights' would cost a third of the backward pass). With ``weights`` the
     parameters and buffers are copied first and written back on exit (bit-identical), for blocks
     that overwrite them (randomization). Restoration also happens when the block raises.
     """
@@ -38,6 +41,9 @@ def preserved(model: nn.Module, *, eval_mode: bool = True, weights: bool = False
     try:
         if eval_mode:
             model.eval()
+        if frozen:
+            for p in params:
+                p.requires_grad_(False)
         yield model
     finally:
         for m, was_training, old in zip(modules, training, hooks):

@@ -45,9 +45,7 @@ def _batched_input_gradients(model: nn.Module, inputs: torch.Tensor, target: tor
     if chunk < 1:
         raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
     out = torch.empty_like(inputs)
-    with preserved(model, eval_mode=False):
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with preserved(model, eval_mode=False, frozen=True):
         for i in range(0, len(inputs), chunk):
             xi = inputs[i:i + chunk].detach().requires_grad_(True)
             with torch.enable_grad():

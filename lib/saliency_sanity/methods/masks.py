@@ -133,9 +133,7 @@ def sound_masks(model: nn.Module, x: torch.Tensor, labels_per_image, *, steps: i
     mask_logits = torch.zeros(rows, 1, *size, dtype=x.dtype, device=x.device, requires_grad=True)
     optimizer = torch.optim.Adam([mask_logits], lr=lr)
     losses = torch.empty(steps, rows, dtype=x.dtype, device=x.device)
-    with preserved(model):
-        for p in model.parameters():
-            p.requires_grad_(False)  # the mask is the only thing that learns; `preserved` restores the flags
+    with preserved(model, frozen=True):  # the mask is the only thing that learns
         for step in tqdm(range(steps), desc="sound masks", disable=not progress, leave=False):
             with torch.enable_grad():
                 low = torch.sigmoid(mask_logits)

@@ -52,9 +52,7 @@ def _run(model: nn.Module, x: torch.Tensor, target, seed: int, assignments: dict
          tracer: rules.Tracer | None = None, after_forward: Callable[[], None] | None = None) -> torch.Tensor:
     """One forward with the rules attached, then back-propagation from the target logit: a gradient
     of 1 (``start="one"``) or the logit's value (``"logit"``, LRP's initial relevance)."""
-    with preserved(model):
-        for p in model.parameters():
-            p.requires_grad_(False)  # no weight gradients; preserved() restores the flags
+    with preserved(model, frozen=True):
         xg = x.detach().clone().requires_grad_(True)
         with rules.rules_attached(assignments, tracer), torch.enable_grad():
             logits = model(xg.clone())  # a clone: a first in-place layer may write into it, not into the leaf

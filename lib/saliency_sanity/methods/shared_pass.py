@@ -74,9 +74,7 @@ def run_pass(model: nn.Module, x: torch.Tensor, target, *, seed: int = 0,
             return output.clone()
         return hook
 
-    with preserved(model, eval_mode=False):
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with preserved(model, eval_mode=False, frozen=True):
         try:
             for name, module in modules.items():
                 handles.append(module.register_forward_hook(make_hook(name)))
