@@ -6,6 +6,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -20,6 +21,9 @@ def book_style(figure_function):
     return drawn
 
 FIGURE_FORMATS = ("png", "svg")
+# The width (inches) at which the HTML book shows a figure: a wider one is shrunk to it, its text with it
+# (tests/helpers/figures.py derives it from the theme). Figures with one column per method fit in it.
+BOOK_WIDTH = 8.2
 
 
 def save_figure(fig: plt.Figure, name: str, directory: str | Path = "book/figures") -> list[Path]:
@@ -43,7 +47,7 @@ def training_curves(history: pd.DataFrame) -> plt.Figure:
     """Test accuracy and training loss per epoch, one line per architecture (and seed)."""
     frame = history.copy()
     frame["model"] = frame["arch"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(8.2, 3.4))
     sns.lineplot(frame, x="epoch", y="train_loss", hue="model", marker="o", ax=axes[0], errorbar="sd")
     sns.lineplot(frame, x="epoch", y="test_acc", hue="model", marker="o", ax=axes[1], errorbar="sd")
     axes[0].set(ylabel="training loss (cross-entropy)", title="Training loss")
@@ -68,15 +72,17 @@ def _show_map(ax, m, *, signed: bool | None = None):
 
 
 @book_style
-def map_grid(images, maps: dict, *, row_labels=None, max_rows: int = 10, cell: float = 1.25) -> plt.Figure:
+def map_grid(images, maps: dict, *, row_labels=None, max_rows: int = 10, cell: float | None = None) -> plt.Figure:
     """Images in the first column, one column per method; rows are images.
 
     ``maps`` maps a column title to a tensor [N, H, W]. Signed maps use a diverging colormap
-    (red positive, blue negative), non-negative maps a sequential one.
+    (red positive, blue negative), non-negative maps a sequential one. ``cell`` (inches): the side of
+    one image; by default as large as fits the book's width, so that the 9-pt titles stay 9 pt there.
     """
     images = images.squeeze(1) if images.dim() == 4 and images.shape[1] == 1 else images
     n = min(len(images), max_rows)
     cols = ["input", *maps]
+    cell = cell or min(1.25, (BOOK_WIDTH - 1.2) / len(cols))  # 1.2 in: the row labels
     fig, axes = plt.subplots(n, len(cols), figsize=(cell * len(cols), cell * n), squeeze=False)
     for r in range(n):
         for c, title in enumerate(cols):
@@ -87,11 +93,11 @@ def map_grid(images, maps: dict, *, row_labels=None, max_rows: int = 10, cell: f
                 img = images[r].detach().cpu()
                 ax.imshow(img.permute(1, 2, 0).numpy() if img.dim() == 3 else img.numpy(), cmap="gray")
                 if row_labels is not None:
-                    ax.set_ylabel(str(row_labels[r]), fontsize=8)
+                    ax.set_ylabel(str(row_labels[r]), fontsize=9, rotation=0, ha="right", va="center")
             else:
                 _show_map(ax, maps[title][r])
             if r == 0:
-                ax.set_title(title, fontsize=8, rotation=30, ha="left", va="bottom")
+                ax.set_title(title, fontsize=9, rotation=90, ha="center", va="bottom")
     fig.subplots_adjust(wspace=0.04, hspace=0.04)
     return fig
 
@@ -112,7 +118,7 @@ def similarity_curves(frame: pd.DataFrame, *, x: str = "stage", hue: str = "labe
     """Mean similarity to the original map per stage with 95 % bootstrap confidence bands; panels two
     per row so that the text stays legible at the book's width, stages named by :func:`stage_label`."""
     grid = sns.relplot(frame, x=x, y=y, hue=hue, col=col, row=row, kind="line", marker="o",
-                       errorbar=("ci", 95), n_boot=200, seed=0, height=2.6, aspect=1.3,
+                       errorbar=("ci", 95), n_boot=200, seed=0, height=2.4, aspect=1.3,
                        col_wrap=None if row else 2, facet_kws={"sharey": False})
     for ax in grid.axes.flat:
         ax.axhline(0, color="0.5", lw=0.8, ls=":")
@@ -128,25 +134,31 @@ def similarity_curves(frame: pd.DataFrame, *, x: str = "stage", hue: str = "labe
 def similarity_boxes(frame: pd.DataFrame, *, x: str = "label", hue: str = "pair", col: str = "metric",
                      col_wrap: int = 2, dodge: bool = True) -> sns.FacetGrid:
     """Distribution of similarity per method (box plots), one panel per metric. ``dodge=False``
-    when ``hue`` only colours the boxes (one hue per x value)."""
+    when ``hue`` only colours the boxes (one hue per x value). The method names stand upright, the
+    legend sits under the panels: two panels of ~22 methods fit the book's width."""
     grid = sns.catplot(frame, x=x, y="value", hue=hue, col=col, col_wrap=col_wrap, kind="box",
-                       height=3.0, aspect=1.6, fliersize=1.5, sharey=False, dodge=dodge)
+                       height=2.6, aspect=1.55, fliersize=1.5, sharey=False, dodge=dodge, legend_out=False)
     for ax in grid.axes.flat:
-        plt.setp(ax.get_xticklabels(), rotation=60, ha="right", rotation_mode="anchor")
+        plt.setp(ax.get_xticklabels(), rotation=90, fontsize=9)
         ax.axhline(0, color="0.5", lw=0.8, ls=":")
     grid.set_axis_labels("", "similarity")
+    grid.tight_layout()
+    if grid.legend is not None:
+        sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
     return grid
 
 
 @book_style
-def methods_by_column(image, columns: dict, *, cell: float = 1.1) -> plt.Figure:
+def methods_by_column(image, columns: dict, *, cell: float | None = None) -> plt.Figure:
     """One image: rows are methods, columns are conditions (stages, explained classes, seeds).
 
     ``columns`` maps a column title to ``{method label: map [H, W]}``; every column has the same
-    methods. The input image is drawn at the top of the first column.
+    methods. The input image is drawn at the top of the first column. ``cell`` (inches): the side of
+    one map; by default as large as fits the book's width beside the method names.
     """
     titles = list(columns)
     methods = list(next(iter(columns.values())))
+    cell = cell or min(1.1, (BOOK_WIDTH - 2.2) / len(titles))  # 2.2 in: the method names
     fig, axes = plt.subplots(len(methods) + 1, len(titles), figsize=(cell * len(titles), cell * (len(methods) + 1)),
                              squeeze=False)
     img = image.detach().cpu().squeeze()
@@ -157,15 +169,28 @@ def methods_by_column(image, columns: dict, *, cell: float = 1.1) -> plt.Figure:
             ax.set_yticks([])
             if r == 0:
                 ax.imshow(img.permute(1, 2, 0).numpy() if img.dim() == 3 else img.numpy(), cmap="gray")
-                ax.set_title(title, fontsize=7, rotation=30, ha="left", va="bottom")
+                ax.set_title(title, fontsize=9, rotation=30, ha="left", va="bottom")
                 if c == 0:
-                    ax.set_ylabel("input", fontsize=7)
+                    ax.set_ylabel("input", fontsize=9, rotation=0, ha="right", va="center")
             else:
                 _show_map(ax, columns[title][methods[r - 1]])
                 if c == 0:
-                    ax.set_ylabel(methods[r - 1], fontsize=7, rotation=0, ha="right", va="center")
+                    ax.set_ylabel(methods[r - 1], fontsize=9, rotation=0, ha="right", va="center")
     fig.subplots_adjust(wspace=0.03, hspace=0.03)
     return fig
+
+
+def _shared_xlabel(fig, label: str, fontsize: float | None = None) -> None:
+    """One x label centred under all the panels of ``fig`` (a figure or a seaborn grid, laid out once it
+    returns) instead of one under each, which would run into its neighbour's when longer than a panel."""
+    grid = fig if isinstance(fig, sns.axisgrid.Grid) else None
+    fig = getattr(fig, "figure", fig)
+    layout = grid.tight_layout if grid is not None else fig.tight_layout
+    layout()
+    panels = [ax.get_position() for ax in fig.axes if ax.has_data()]
+    fig.supxlabel(label, x=(min(p.x0 for p in panels) + max(p.x1 for p in panels)) / 2,
+                  fontsize=fontsize or plt.rcParams["axes.labelsize"])
+    layout()
 
 
 HANDLING_PALETTE = {"signed propagation": "#1b9e77", "positive propagation": "#d95f02",
@@ -183,7 +208,7 @@ def interval_scatter(summary: pd.DataFrame, *, x: str, y: str, xlabel: str, ylab
     one panel per ``col``; colour = handling of gradients, marker = method within it, and a legend
     instead of labels on the points, so that nothing overlaps however close the methods lie."""
     panels = list(dict.fromkeys(summary[col]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 2.6, 4.4), squeeze=False,
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 1.0, 4.4), squeeze=False,
                              sharex=True, sharey=True)
     labels = list(dict.fromkeys(summary.sort_values("handling", kind="stable")["label"]))
     style = {}
@@ -206,11 +231,11 @@ def interval_scatter(summary: pd.DataFrame, *, x: str, y: str, xlabel: str, ylab
             ax.axhline(reference, color="0.4", ls="--", lw=0.8)
         ax.axvline(0, color="0.6", lw=0.6)
         ax.axhline(0, color="0.6", lw=0.6)
-        ax.set(title=str(panel), xlabel=xlabel)
+        ax.set_title(str(panel))
     axes[0][0].set_ylabel(ylabel)
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)
-    fig.tight_layout()
+    _shared_xlabel(fig, xlabel)
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=9, frameon=False)
     return fig
 
 
@@ -240,6 +265,57 @@ def claims_forest(card: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+# where a point's label may go, in order of preference: right, upper right, lower right, up, down, left, ...
+_LABEL_DIRECTIONS = ((1, 0), (1, 1), (1, -1), (0, 1), (0, -1), (-1, 0), (-1, 1), (-1, -1))
+
+
+def _label_points(ax, xs, ys, labels, *, fontsize: float = 9, marker: float = 4.0) -> None:
+    """Write each point's label beside it (data coordinates ``xs``, ``ys``) where it overlaps no other
+    label and no marker (radius ``marker`` points) and stays inside the axes: the nearest free place
+    among eight directions at growing distances, joined to its point by a thin line when it is not the
+    nearest ring. Call it last, once the axes' position and limits are final (the places are pixels)."""
+    fig = ax.figure
+    per_pt = fig.dpi / 72
+    data = np.column_stack([np.asarray(xs, float), np.asarray(ys, float)])
+    points = ax.transData.transform(data)
+    r = marker * per_pt
+    taken = [(x - r, y - r, x + r, y + r) for x, y in points]  # markers, then the labels placed so far
+    frame = ax.bbox
+
+    def overlap(box):
+        x0, y0, x1, y1 = box
+        return sum(max(0.0, min(x1, b[2]) - max(x0, b[0])) * max(0.0, min(y1, b[3]) - max(y0, b[1])) for b in taken)
+
+    for (px, py), xy, label in zip(points, data, labels):
+        probe = matplotlib.text.Text(0, 0, str(label), fontsize=fontsize)
+        probe.set_figure(fig)
+        extent = probe.get_window_extent()  # the figure's renderer, whatever the backend
+        w, h = extent.width, extent.height
+        best = None
+        for ring in range(8):
+            distance = (marker + 2 + ring * fontsize) * per_pt
+            for dx, dy in _LABEL_DIRECTIONS:
+                norm = (dx * dx + dy * dy) ** 0.5
+                ox, oy = dx / norm * distance, dy / norm * distance
+                x0 = px + ox - (0 if dx > 0 else w if dx < 0 else w / 2)
+                y0 = py + oy - (0 if dy > 0 else h if dy < 0 else h / 2)
+                box = (x0, y0, x0 + w, y0 + h)
+                outside = x0 < frame.x0 or y0 < frame.y0 or box[2] > frame.x1 or box[3] > frame.y1
+                cost = (outside, overlap(box), ring)
+                if best is None or cost < best[0]:
+                    best = (cost, box, ox, oy, dx, dy, ring)
+                if cost[:2] == (False, 0):
+                    break
+            if best[0][:2] == (False, 0):
+                break
+        _, box, ox, oy, dx, dy, ring = best
+        taken.append(box)
+        ax.annotate(str(label), tuple(xy), xytext=(ox / per_pt, oy / per_pt), textcoords="offset points",
+                    fontsize=fontsize, ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                    va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+                    arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5", shrinkA=0, shrinkB=2) if ring else None)
+
+
 @book_style
 def completeness_soundness_scatter(table: pd.DataFrame) -> plt.Figure:
     """Mean completeness (x) vs mean soundness (y) per method (Gupta et al. 2022): a method
@@ -247,11 +323,9 @@ def completeness_soundness_scatter(table: pd.DataFrame) -> plt.Figure:
     soundness a map gets by never proving any other label."""
     fig, ax = plt.subplots(figsize=(6.0, 4.8))
     sns.scatterplot(table, x="completeness", y="soundness", hue="method", legend=False, s=60, ax=ax)
-    for row in table.itertuples():
-        ax.annotate(row.method, (row.completeness, row.soundness), fontsize=6, xytext=(3, 2),
-                    textcoords="offset points")
     ax.set(xlabel="completeness (predicted label's map)", ylabel="soundness (other labels' maps)")
     fig.tight_layout()
+    _label_points(ax, table["completeness"], table["soundness"], table["method"])
     return fig
 
 
@@ -261,8 +335,9 @@ def insertion_deletion_curves(curves: pd.DataFrame) -> plt.Figure:
     deleted, most salient first, one line per method (Petsiuk et al. 2018, Sec. 4.1). Columns:
     method, curve ("insertion"/"deletion"), fraction, probability."""
     grid = sns.relplot(curves, x="fraction", y="probability", hue="method", col="curve", kind="line",
-                       errorbar=None, height=3.4, aspect=1.1, facet_kws={"sharey": True, "sharex": False})
-    grid.set_axis_labels("fraction of pixels (most salient first)", "probability of the label")
+                       errorbar=None, height=3.0, aspect=0.95, facet_kws={"sharey": True, "sharex": False})
+    grid.set_axis_labels("", "probability of the label")
+    _shared_xlabel(grid, "fraction of pixels (most salient first)")
     return grid.figure
 
 
@@ -272,20 +347,28 @@ def labelled_scatter(frame: pd.DataFrame, x: str, y: str, label: str, *, hue: st
     """One annotated point per row (e.g. per method or per mitigation)."""
     fig, ax = plt.subplots(figsize=(6.0, 4.6))
     sns.scatterplot(frame, x=x, y=y, hue=hue, s=60, ax=ax, legend=hue is not None)
-    for text, xv, yv in zip(frame[label], frame[x], frame[y]):
-        ax.annotate(str(text), (xv, yv), fontsize=7, xytext=(3, 2), textcoords="offset points")
     ax.set(xlabel=xlabel or x, ylabel=ylabel or y)
     fig.tight_layout()
+    _label_points(ax, frame[x], frame[y], frame[label])
     return fig
 
 
 @book_style
 def per_sample_scatter(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None, xlabel: str | None = None,
                        ylabel: str | None = None) -> plt.Figure:
-    """Many samples: small translucent points, a panel per ``hue`` value if given."""
-    grid = sns.relplot(frame, x=x, y=y, col=hue, col_wrap=4 if hue else None, s=12, alpha=0.4, height=2.6,
-                       aspect=1.1)
-    grid.set_axis_labels(xlabel or x, ylabel or y)
+    """Many samples: small translucent points, a panel per ``hue`` value if given (titled by the value, at
+    most two rows of panels, the axis labels written once for all of them)."""
+    if not hue:
+        grid = sns.relplot(frame, x=x, y=y, s=12, alpha=0.4, height=2.6, aspect=1.1)
+        grid.set_axis_labels(xlabel or x, ylabel or y)
+        return grid.figure
+    per_row = max(4, -(-frame[hue].nunique() // 2))
+    grid = sns.relplot(frame, x=x, y=y, col=hue, col_wrap=per_row, s=12, alpha=0.4, height=(BOOK_WIDTH - 0.2) / per_row,
+                       aspect=1.0)
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels("", "")
+    grid.figure.supylabel(ylabel or y, fontsize=plt.rcParams["axes.labelsize"])
+    _shared_xlabel(grid, xlabel or x)
     return grid.figure
 
 
@@ -314,8 +397,8 @@ def interval_columns(summary: pd.DataFrame, *, col: str, titles: dict | None = N
     if len(rows) > 2:
         raise ValueError(f"at most two rows of panels, got {len(rows)} values of {row!r}")
     labels = list(dict.fromkeys(summary.sort_values("handling", kind="stable")[label]))
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.9 * len(cols) + 1.9, 0.2 * len(labels) * len(rows) + 1.6),
-                             squeeze=False, sharey=True, sharex="col")
+    fig, axes = plt.subplots(len(rows), len(cols), squeeze=False, sharey=True, sharex="col",
+                             figsize=(1.55 * len(cols) + 1.9, 0.2 * len(labels) * len(rows) + 1.6))
     position = {lab: len(labels) - 1 - i for i, lab in enumerate(labels)}
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
@@ -352,8 +435,9 @@ def convergence_curves(table: pd.DataFrame, *, y: str = "value", hue: str = "lab
     col = col if col is not None and col in frame.columns else None
     panels = frame[col].nunique() if col else 1
     per_row = -(-panels // max_rows) if panels > max_rows else panels  # ceil: at most max_rows rows
+    width = min(3.2, (BOOK_WIDTH - 2.0) / per_row)  # the panels and, 2 in, the y axis and the legend fit the book
     grid = sns.relplot(frame, x="depth", y=y, hue=hue, col=col, kind="line", marker="o",
-                       errorbar=("ci", 95), n_boot=200, seed=0, height=2.8, aspect=1.25,
+                       errorbar=("ci", 95), n_boot=200, seed=0, height=width / 1.15, aspect=1.15,
                        col_wrap=per_row if col and panels > 1 else None, facet_kws={"sharey": True, "sharex": False})
     for ax in grid.axes.flat:
         ax.axhline(1, color="0.5", lw=0.8, ls=":")
@@ -361,10 +445,15 @@ def convergence_curves(table: pd.DataFrame, *, y: str = "value", hue: str = "lab
         ax.tick_params(labelsize=9)
         ax.set_ylim(-0.03 if y == "value" else -1.05, 1.05)
         ax.title.set_fontsize(10)
-    grid.set_axis_labels("layers from the output (0 = last)", "|cos| of two classes' vectors" if y == "value" else y,
-                         fontsize=10)
+    xlabel, ylabel = "layers from the output (0 = last)", "|cos| of two classes' vectors" if y == "value" else y
     if col:
         grid.set_titles("{col_name}")
+    if per_row < panels:  # two rows of narrow panels: each axis label once, for all of them
+        grid.set_axis_labels("", "")
+        grid.figure.supylabel(ylabel, fontsize=10)
+        _shared_xlabel(grid, xlabel, fontsize=10)
+    else:
+        grid.set_axis_labels(xlabel, ylabel, fontsize=10)
     if grid.legend is not None:
         grid.legend.set_title("method" if hue == "label" else hue)
         for text in grid.legend.get_texts():
