@@ -6,7 +6,7 @@ blank, except tick labels outside their axis' view (matplotlib keeps those but n
 label is the rectangle its glyphs fill, rotated with the text (not the axis-aligned box around a rotated
 label, which would make two parallel rotated tick labels "overlap" although their letters never meet).
 
-The checks, on the figure as :func:`saliency_sanity.book.plotting.save_figure` writes it (150 dpi,
+The checks, on the figure as :func:`saliency_sanity.book.figure_style.save_figure` writes it (150 dpi,
 ``bbox_inches="tight"``):
 
 - no two text labels overlap (by more than a pixel in both directions: touching edges are fine);

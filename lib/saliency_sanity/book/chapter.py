@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import plotting
+from .figure_style import save_figure
 from .._core.device import resolve_device
 from ..data.images import ImageSet, load_fashion_mnist
 from ..training.config import TrainConfig
@@ -99,7 +99,7 @@ class Chapter:
     def save(self, fig, name: str) -> None:
         """Save a figure under its stable name (PNG + SVG) in the book's figures folder."""
         fig = getattr(fig, "figure", fig)  # seaborn grids carry their matplotlib figure
-        self.saved += plotting.save_figure(fig, name, self.figures_dir)
+        self.saved += save_figure(fig, name, self.figures_dir)
 
     def method_options(self) -> dict:
         """Per-method options the profile sets (sample and step counts)."""

@@ -1,45 +1,12 @@
-"""Figure functions shared by every notebook; each figure is saved under a stable name to cite."""
+"""Figure functions shared by every notebook (their look and saving: :mod:`.figure_style`)."""
 from __future__ import annotations
-
-import functools
-from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
-
-def book_style(figure_function):
-    """Draw inside the book's seaborn theme (paper context, white grid) without changing the caller's
-    matplotlib settings: importing the package leaves the global style alone."""
-    @functools.wraps(figure_function)
-    def drawn(*args, **kwargs):
-        with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.1):
-            return figure_function(*args, **kwargs)
-    return drawn
-
-FIGURE_FORMATS = ("png", "svg")
-# The width (inches) at which the HTML book shows a figure: a wider one is shrunk to it, its text with it
-# (tests/helpers/figures.py derives it from the theme). Figures with one column per method fit in it.
-BOOK_WIDTH = 8.2
-
-
-def save_figure(fig: plt.Figure, name: str, directory: str | Path = "book/figures") -> list[Path]:
-    """Save ``fig`` as ``directory/name.png`` (for the web) and ``.svg`` (vector, for print)."""
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"figure name {name!r} must be a plain file stem like 'models_training'")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in FIGURE_FORMATS:
-        path = directory / f"{name}.{fmt}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
-        tmp.replace(path)
-        paths.append(path)
-    return paths
+from .figure_style import BOOK_WIDTH, book_style, label_points, shared_xlabel
 
 
 @book_style
@@ -180,19 +147,6 @@ def methods_by_column(image, columns: dict, *, cell: float | None = None) -> plt
     return fig
 
 
-def _shared_xlabel(fig, label: str, fontsize: float | None = None) -> None:
-    """One x label centred under all the panels of ``fig`` (a figure or a seaborn grid, laid out once it
-    returns) instead of one under each, which would run into its neighbour's when longer than a panel."""
-    grid = fig if isinstance(fig, sns.axisgrid.Grid) else None
-    fig = getattr(fig, "figure", fig)
-    layout = grid.tight_layout if grid is not None else fig.tight_layout
-    layout()
-    panels = [ax.get_position() for ax in fig.axes if ax.has_data()]
-    fig.supxlabel(label, x=(min(p.x0 for p in panels) + max(p.x1 for p in panels)) / 2,
-                  fontsize=fontsize or plt.rcParams["axes.labelsize"])
-    layout()
-
-
 HANDLING_PALETTE = {"signed propagation": "#1b9e77", "positive propagation": "#d95f02",
                     "signed aggregation": "#7570b3", "positive aggregation": "#e7298a",
                     "absolute aggregation": "#a6761d", "other": "0.5"}
@@ -234,7 +188,7 @@ def interval_scatter(summary: pd.DataFrame, *, x: str, y: str, xlabel: str, ylab
         ax.set_title(str(panel))
     axes[0][0].set_ylabel(ylabel)
     handles, names = axes[0][0].get_legend_handles_labels()
-    _shared_xlabel(fig, xlabel)
+    shared_xlabel(fig, xlabel)
     fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=9, frameon=False)
     return fig
 
@@ -265,57 +219,6 @@ def claims_forest(card: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-# where a point's label may go, in order of preference: right, upper right, lower right, up, down, left, ...
-_LABEL_DIRECTIONS = ((1, 0), (1, 1), (1, -1), (0, 1), (0, -1), (-1, 0), (-1, 1), (-1, -1))
-
-
-def _label_points(ax, xs, ys, labels, *, fontsize: float = 9, marker: float = 4.0) -> None:
-    """Write each point's label beside it (data coordinates ``xs``, ``ys``) where it overlaps no other
-    label and no marker (radius ``marker`` points) and stays inside the axes: the nearest free place
-    among eight directions at growing distances, joined to its point by a thin line when it is not the
-    nearest ring. Call it last, once the axes' position and limits are final (the places are pixels)."""
-    fig = ax.figure
-    per_pt = fig.dpi / 72
-    data = np.column_stack([np.asarray(xs, float), np.asarray(ys, float)])
-    points = ax.transData.transform(data)
-    r = marker * per_pt
-    taken = [(x - r, y - r, x + r, y + r) for x, y in points]  # markers, then the labels placed so far
-    frame = ax.bbox
-
-    def overlap(box):
-        x0, y0, x1, y1 = box
-        return sum(max(0.0, min(x1, b[2]) - max(x0, b[0])) * max(0.0, min(y1, b[3]) - max(y0, b[1])) for b in taken)
-
-    for (px, py), xy, label in zip(points, data, labels):
-        probe = matplotlib.text.Text(0, 0, str(label), fontsize=fontsize)
-        probe.set_figure(fig)
-        extent = probe.get_window_extent()  # the figure's renderer, whatever the backend
-        w, h = extent.width, extent.height
-        best = None
-        for ring in range(8):
-            distance = (marker + 2 + ring * fontsize) * per_pt
-            for dx, dy in _LABEL_DIRECTIONS:
-                norm = (dx * dx + dy * dy) ** 0.5
-                ox, oy = dx / norm * distance, dy / norm * distance
-                x0 = px + ox - (0 if dx > 0 else w if dx < 0 else w / 2)
-                y0 = py + oy - (0 if dy > 0 else h if dy < 0 else h / 2)
-                box = (x0, y0, x0 + w, y0 + h)
-                outside = x0 < frame.x0 or y0 < frame.y0 or box[2] > frame.x1 or box[3] > frame.y1
-                cost = (outside, overlap(box), ring)
-                if best is None or cost < best[0]:
-                    best = (cost, box, ox, oy, dx, dy, ring)
-                if cost[:2] == (False, 0):
-                    break
-            if best[0][:2] == (False, 0):
-                break
-        _, box, ox, oy, dx, dy, ring = best
-        taken.append(box)
-        ax.annotate(str(label), tuple(xy), xytext=(ox / per_pt, oy / per_pt), textcoords="offset points",
-                    fontsize=fontsize, ha="left" if dx > 0 else "right" if dx < 0 else "center",
-                    va="bottom" if dy > 0 else "top" if dy < 0 else "center",
-                    arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5", shrinkA=0, shrinkB=2) if ring else None)
-
-
 @book_style
 def completeness_soundness_scatter(table: pd.DataFrame) -> plt.Figure:
     """Mean completeness (x) vs mean soundness (y) per method (Gupta et al. 2022): a method
@@ -325,7 +228,7 @@ def completeness_soundness_scatter(table: pd.DataFrame) -> plt.Figure:
     sns.scatterplot(table, x="completeness", y="soundness", hue="method", legend=False, s=60, ax=ax)
     ax.set(xlabel="completeness (predicted label's map)", ylabel="soundness (other labels' maps)")
     fig.tight_layout()
-    _label_points(ax, table["completeness"], table["soundness"], table["method"])
+    label_points(ax, table["completeness"], table["soundness"], table["method"])
     return fig
 
 
@@ -337,7 +240,7 @@ def insertion_deletion_curves(curves: pd.DataFrame) -> plt.Figure:
     grid = sns.relplot(curves, x="fraction", y="probability", hue="method", col="curve", kind="line",
                        errorbar=None, height=3.0, aspect=0.95, facet_kws={"sharey": True, "sharex": False})
     grid.set_axis_labels("", "probability of the label")
-    _shared_xlabel(grid, "fraction of pixels (most salient first)")
+    shared_xlabel(grid, "fraction of pixels (most salient first)")
     return grid.figure
 
 
@@ -349,7 +252,7 @@ def labelled_scatter(frame: pd.DataFrame, x: str, y: str, label: str, *, hue: st
     sns.scatterplot(frame, x=x, y=y, hue=hue, s=60, ax=ax, legend=hue is not None)
     ax.set(xlabel=xlabel or x, ylabel=ylabel or y)
     fig.tight_layout()
-    _label_points(ax, frame[x], frame[y], frame[label])
+    label_points(ax, frame[x], frame[y], frame[label])
     return fig
 
 
@@ -368,7 +271,7 @@ def per_sample_scatter(frame: pd.DataFrame, x: str, y: str, *, hue: str | None =
     grid.set_titles("{col_name}")
     grid.set_axis_labels("", "")
     grid.figure.supylabel(ylabel or y, fontsize=plt.rcParams["axes.labelsize"])
-    _shared_xlabel(grid, xlabel or x)
+    shared_xlabel(grid, xlabel or x)
     return grid.figure
 
 
@@ -451,7 +354,7 @@ def convergence_curves(table: pd.DataFrame, *, y: str = "value", hue: str = "lab
     if per_row < panels:  # two rows of narrow panels: each axis label once, for all of them
         grid.set_axis_labels("", "")
         grid.figure.supylabel(ylabel, fontsize=10)
-        _shared_xlabel(grid, xlabel, fontsize=10)
+        shared_xlabel(grid, xlabel, fontsize=10)
     else:
         grid.set_axis_labels(xlabel, ylabel, fontsize=10)
     if grid.legend is not None:
