@@ -386,6 +386,10 @@ def test_sign_contrasts_one_family_and_their_values():
     assert values["n_contrasts_signed_lower"] == 1 and values["n_contrasts_randomization_signed_lower"] == 1
     assert values["n_contrasts_class"] == 1 and values["n_contrasts_class_signed_higher"] == 0
     assert ph.contrast_table(contrasts).data.shape == (2, 9)
+    # an undefined test (one pair: no Wilcoxon p) is shown as a dash, never as "nan" on the page
+    undefined = contrasts.assign(statistic=float("nan"), p=float("nan"), p_holm=float("nan"))
+    html = ph.contrast_table(undefined).to_html()
+    assert "nan" not in html and html.count("–") >= 6
 
 
 def test_no_sign_contrast_without_two_variants():

@@ -140,9 +140,10 @@ def contrast_values(contrasts: pd.DataFrame) -> dict:
 
 def contrast_table(contrasts: pd.DataFrame):
     """The contrasts as the chapter shows them: the difference as an interval text, the Wilcoxon statistic
-    and both p-values (a styled table; the empty table when there is no contrast)."""
+    and both p-values (a styled table; the empty table when there is no contrast). An undefined test (fewer
+    than 2 pairs) shows "–", never "nan"."""
     if contrasts.empty:
         return contrasts
     shown = contrasts.assign(difference=interval_cells(contrasts, mean="difference"))
     return shown[["test", "arch", "a", "b", "n", "difference", "statistic", "p", "p_holm"]].style.format(
-        {"statistic": "{:.0f}", "p": "{:.2g}", "p_holm": "{:.2g}"}).hide(axis="index")
+        {"statistic": "{:.0f}", "p": "{:.2g}", "p_holm": "{:.2g}"}, na_rep="–").hide(axis="index")
