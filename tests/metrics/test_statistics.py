@@ -9,7 +9,7 @@ import scipy.stats
 
 from saliency_sanity._core.draws import keyed_seed
 from saliency_sanity.metrics.statistics import (VERDICTS, _content_key, _replicates, bootstrap_intervals, bootstrap_mean,
-                                        holm, paired_contrasts, verdict)
+                                        bootstrap_statistic, holm, paired_contrasts, verdict)
 
 MU = 0.3
 
@@ -292,3 +292,41 @@ def test_verdict_refuses_other_claims():
         verdict(0.1, 0.2, claim=">=", bound=0.0)
     with pytest.raises(ValueError, match="exceed"):
         verdict(0.3, 0.2, claim=">", bound=0.0)
+
+
+# ----------------------------------------------------------------------------- bootstrap_statistic
+
+def mean_of(values):
+    values = np.asarray(values, dtype=float)
+    return lambda i: values[i].mean()
+
+
+def test_bootstrap_statistic_two_rows_by_hand():
+    # replicate means of [0, 1] are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4:
+    # the 2.5 % and 97.5 % quantiles are 0 and 1
+    assert bootstrap_statistic(mean_of([0.0, 1.0]), 2, n_boot=4000) == (0.5, 0.0, 1.0)
+
+
+def test_bootstrap_statistic_invariants():
+    diff = np.random.default_rng(3).normal(size=30)
+    mean, low, high = bootstrap_statistic(mean_of(diff), 30)
+    assert mean == pytest.approx(diff.mean()) and low < mean < high
+    assert bootstrap_statistic(mean_of(diff + 2.0), 30) == pytest.approx((mean + 2.0, low + 2.0, high + 2.0))
+    assert bootstrap_statistic(mean_of(np.full(5, 0.25)), 5) == pytest.approx((0.25, 0.25, 0.25))
+    narrow = bootstrap_statistic(mean_of(diff), 30, confidence=0.5)
+    assert low < narrow[1] < narrow[2] < high
+    assert bootstrap_statistic(mean_of(diff), 30, seed=1) != (mean, low, high)
+    one = bootstrap_statistic(mean_of([1.0]), 1)
+    assert one[0] == 1.0 and math.isnan(one[1]) and math.isnan(one[2])
+    assert all(math.isnan(v) for v in bootstrap_statistic(mean_of([]), 0))
+
+
+def test_bootstrap_statistic_leaves_out_undefined_replicates():
+    # the statistic is undefined when a replicate draws only the first row (probability 1/2**n per
+    # replicate): those replicates are dropped, the interval is taken over the others
+    values = np.array([0.0, 1.0, 2.0])
+    statistic = lambda i: np.nan if (i == 0).all() else values[i].mean()
+    estimate, low, high = bootstrap_statistic(statistic, 3, n_boot=2000)
+    assert estimate == 1.0 and not math.isnan(low) and not math.isnan(high) and 0.0 < low <= high <= 2.0
+    assert math.isnan(bootstrap_statistic(lambda i: np.nan, 3)[1])
+

@@ -355,23 +355,3 @@ def bootstrap_difference(a: np.ndarray, b: np.ndarray, *, n_boot: int = 2000, co
     tail = (1 - confidence) / 2
     low, high = np.quantile(replicates, [tail, 1 - tail])
     return float(a.mean() - b.mean()), float(low), float(high)
-
-
-def paired_bootstrap(differences, *, n_boot: int = 2000, confidence: float = 0.95,
-                     seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high) of paired differences: a percentile interval over resampled pairs.
-    Efron & Tibshirani (1993), Ch. 13: each of ``n_boot`` replicates draws ``len(differences)``
-    pairs (e.g. one image scored by two variants of a method) with replacement and averages them;
-    the interval is the central ``confidence`` share of the replicates. NaN pairs are refused
-    (drop them first); fewer than two pairs give NaN bounds.
-    """
-    _check_options(n_boot, confidence)
-    diff = np.asarray(differences, dtype=float).reshape(-1)
-    if np.isnan(diff).any():
-        raise ValueError("differences hold NaN values; drop the pairs where either side is undefined first")
-    if len(diff) < 2:
-        return (float(diff.mean()) if len(diff) else math.nan), math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
-    tail = round((1 - confidence) / 2, 12)  # 0.025, not 0.025000000000000022, for 0.95
-    return float(diff.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))

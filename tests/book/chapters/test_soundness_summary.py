@@ -16,7 +16,6 @@ from saliency_sanity.book.chapters.soundness import (ABLATION_SETTINGS, ablation
 from saliency_sanity.methods.many import maps_for_every_label
 from saliency_sanity.methods.masks import sound_masks
 from saliency_sanity.metrics.soundness import completeness_soundness, summarize_completeness_soundness
-from saliency_sanity.metrics.statistics import paired_bootstrap
 
 
 def linear_model(n_classes=3, side=8, seed=0):
@@ -111,27 +110,6 @@ def test_mask_against_registry_equal_to_median():
     out = mask_against_registry(registry_table(0.5, 0.4), ["a", "b", "c"])
     assert out["mask_completeness_vs_median"] == out["mask_soundness_vs_median"] == "equal to"
     assert out["mask_paper_like"] == "is" and out["mask_completeness_rank"] == 2  # ties with b: the lower rank
-
-
-# ----------------------------------------------------------------------------- the paired bootstrap
-
-def test_paired_bootstrap_two_pairs_by_hand():
-    # replicate means of [0, 1] are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4:
-    # the 2.5 % and 97.5 % quantiles are 0 and 1
-    assert paired_bootstrap(np.array([0.0, 1.0]), n_boot=4000) == (0.5, 0.0, 1.0)
-
-
-def test_paired_bootstrap_invariants():
-    diff = np.random.default_rng(3).normal(size=30)
-    mean, low, high = paired_bootstrap(diff)
-    assert mean == pytest.approx(diff.mean()) and low < mean < high
-    assert paired_bootstrap(diff + 2.0) == pytest.approx((mean + 2.0, low + 2.0, high + 2.0))
-    assert paired_bootstrap(np.full(5, 0.25)) == (0.25, 0.25, 0.25)
-    narrow = paired_bootstrap(diff, confidence=0.5)
-    assert low < narrow[1] < narrow[2] < high
-    assert math.isnan(paired_bootstrap([1.0])[1])
-    with pytest.raises(ValueError, match="NaN"):
-        paired_bootstrap([1.0, np.nan])
 
 
 def test_fill_effect_directions_and_pairing():

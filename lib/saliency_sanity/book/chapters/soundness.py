@@ -19,7 +19,7 @@ import torch
 from ...methods.masks import sound_masks
 from ...metrics.soundness import (completeness_soundness, deletion_curve, insertion_curve,
                                  summarize_completeness_soundness)
-from ...metrics.statistics import paired_bootstrap
+from ...metrics.statistics import bootstrap_statistic
 from ..glue import glue_key
 
 SCORES = ("completeness", "soundness")
@@ -110,7 +110,8 @@ def fill_effect(per_image: pd.DataFrame, method: str, other: str, *, labels: tup
     Gupta et al. (2022) train the mask with random training images as fill; ``other`` is the same
     mask trained with another fill. Per score: the two methods' means over their images (columns
     named by ``labels``, default the method names), the mean paired difference over the images
-    both score and its interval (:func:`~saliency_sanity.metrics.statistics.paired_bootstrap`),
+    both score and its percentile interval over resampled images
+    (:func:`~saliency_sanity.metrics.statistics.bootstrap_statistic` of the mean difference),
     and ``effect``: "raises" (interval above 0), "lowers" (below) or "does not measurably change".
     """
     labels = labels or (method, other)
@@ -119,7 +120,7 @@ def fill_effect(per_image: pd.DataFrame, method: str, other: str, *, labels: tup
     rows = []
     for score in SCORES:
         diff = (wide[score][method] - wide[score][other]).dropna().to_numpy()
-        mean, low, high = paired_bootstrap(diff, n_boot=n_boot, seed=seed)
+        mean, low, high = bootstrap_statistic(lambda i: diff[i].mean(), len(diff), n_boot=n_boot, seed=seed)
         rows.append({"metric": score, labels[0]: float(means.loc[method, score]),
                      labels[1]: float(means.loc[other, score]), "difference": mean, "95% CI low": low,
                      "95% CI high": high,
