@@ -66,8 +66,9 @@ browser: install
 	@$(PY) -c "import playwright.sync_api" \
 	  || { echo "make browser: playwright is not importable in $(VENV); run 'make install'" >&2; exit 1; }
 
+# --durations: every CI log lists the slowest tests, to keep make test within its ~15-minute budget
 test: data browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
