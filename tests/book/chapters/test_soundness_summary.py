@@ -145,10 +145,14 @@ def test_loss_convergence_by_hand():
     losses = steps[:, None, None] + offsets
     out = loss_convergence(losses)
     # kernel min(25, 8 // 4) = 2: smoothed 7.5, ..., 1.5; window min(100, 6) = 6: |1.5 - 7.5| / 7.5
-    assert out == {"mask_loss_window": 6, "mask_loss_last_change": pytest.approx(0.8), "mask_loss_converged": "has not"}
+    assert out == {"mask_loss_window": 6, "mask_loss_last_change": pytest.approx(0.8), "mask_loss_tolerance": 0.01,
+                   "mask_loss_converged": "has not"}
+    # the tolerance decides: a change of 80 % is within a tolerance of 90 %
+    assert loss_convergence(losses, tolerance=0.9)["mask_loss_converged"] == "has"
     # 50 steps: kernel 50 // 4 = 12, 39 smoothed steps, window 38; a flat loss does not change
     flat = loss_convergence(torch.full((50, 2, 3), 2.0))
-    assert flat == {"mask_loss_window": 38, "mask_loss_last_change": 0.0, "mask_loss_converged": "has"}
+    assert flat == {"mask_loss_window": 38, "mask_loss_last_change": 0.0, "mask_loss_tolerance": 0.01,
+                    "mask_loss_converged": "has"}
     short = loss_convergence(torch.ones(1, 2, 3))
     assert short["mask_loss_window"] == 0 and math.isnan(short["mask_loss_last_change"])
     assert short["mask_loss_converged"] == "has not"

@@ -150,8 +150,8 @@ def loss_convergence(losses, *, max_kernel: int = 25, max_window: int = 100, tol
     masks per step, smoothed by a running mean of ``min(max_kernel, steps // 4)`` steps (at least
     1; the random fills make the loss noisy); then |s[-1] - s[-1 - w]| / |s[-1 - w]| over the last
     ``w = min(max_window, len(s) - 1)`` smoothed steps (NaN when w < 1). Returns ``mask_loss_window``
-    (w), ``mask_loss_last_change`` and ``mask_loss_converged`` ("has" when the change is below
-    ``tolerance``, else "has not").
+    (w), ``mask_loss_last_change``, ``mask_loss_tolerance`` and ``mask_loss_converged`` ("has" when
+    the change is below ``tolerance``, else "has not").
     """
     loss = torch.as_tensor(losses).double().cpu()
     mean_loss = loss.flatten(1).mean(1).numpy()
@@ -160,7 +160,7 @@ def loss_convergence(losses, *, max_kernel: int = 25, max_window: int = 100, tol
     window = min(max_window, len(smooth) - 1)
     last_change = (float(abs(smooth[-1] - smooth[-1 - window]) / abs(smooth[-1 - window])) if window >= 1
                    else math.nan)
-    return {"mask_loss_window": window, "mask_loss_last_change": last_change,
+    return {"mask_loss_window": window, "mask_loss_last_change": last_change, "mask_loss_tolerance": tolerance,
             "mask_loss_converged": "has" if last_change < tolerance else "has not"}
 
 
